@@ -1,0 +1,1 @@
+"""Where trials run: the backend interface and its implementations."""

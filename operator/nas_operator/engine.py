@@ -1,0 +1,216 @@
+"""The optimizer: the one module that talks to Ax.
+
+It turns a checked spec into an Ax `Client` (search space, objectives whose thresholds are
+the hypervolume reference point, outcome constraints, generation strategy), hands out
+candidates, takes results back, and serializes the whole state. Everything else in the
+project sees plain Python values, so it can be tested, stored and reasoned about without Ax.
+
+Generation strategy: Ax's own dispatch (center point, Sobol, then BoTorch's modular model
+whose multi-objective default is qLogNEHVI) with two deliberate settings:
+`allow_exceeding_initialization_budget=True`, so a free slot gets a Sobol point instead of an
+empty answer while the initial trials are still running, and the experiment's seed applied
+to every generation call, so a restored engine proposes exactly what the original would.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from nas_operator.spec import NASExperimentSpec, Parameter
+from nas_operator.spec_checks import parse_outcome_constraint, parse_parameter_constraint
+
+Scalar = int | float | str | bool
+SNAPSHOT_FORMAT = "ax-client-json/1"
+SAASBO_MIN_PARAMETERS = 16  # auto switches to the SAAS model from this many tunable parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed trial: its index in the experiment and its full parameterization."""
+
+    index: int
+    parameters: dict[str, Scalar]
+    generator: str
+
+
+@contextmanager
+def _quiet_ax() -> Iterator[None]:
+    """Ax logs every trial at INFO and pandas warns on every frame; neither helps a user here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _configure_ax_logging() -> None:
+    from ax.utils.common.logger import set_stderr_log_level
+
+    set_stderr_log_level(logging.WARNING)
+    for name in ("botorch", "gpytorch", "linear_operator"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _parameter_config(p: Parameter) -> Any:
+    from ax import ChoiceParameterConfig, RangeParameterConfig
+
+    if p.type == "range":
+        assert p.lower is not None and p.upper is not None
+        kind = "int" if p.is_int else "float"
+        bounds = (int(p.lower), int(p.upper)) if p.is_int else (float(p.lower), float(p.upper))
+        return RangeParameterConfig(
+            name=p.name,
+            bounds=bounds,
+            parameter_type=kind,
+            scaling="log" if p.log_scale else "linear",
+        )
+    assert p.values is not None
+    values = list(p.values)
+    if all(isinstance(v, bool) for v in values):
+        kind = "bool"
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        kind = "int"
+    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        kind, values = "float", [float(v) for v in values]
+    else:
+        kind, values = "str", [str(v) for v in values]
+    ordered = p.ordered if p.ordered is not None else kind in ("int", "float")
+    return ChoiceParameterConfig(name=p.name, values=values, parameter_type=kind, is_ordered=ordered)
+
+
+def objective_expression(spec: NASExperimentSpec) -> str:
+    """Ax's objective string: "val_acc, -num_params"."""
+    return ", ".join(("-" if o.minimize else "") + o.metric for o in spec.objectives)
+
+
+def outcome_constraint_expressions(spec: NASExperimentSpec) -> list[str]:
+    """Objective thresholds (Ax turns a bound on an objective into its threshold) and outcome constraints."""
+    expressions = []
+    for objective in spec.objectives:
+        if objective.threshold is not None:
+            op = "<=" if objective.minimize else ">="
+            expressions.append(f"{objective.metric} {op} {objective.threshold!r}")
+    for text in spec.outcome_constraints:
+        constraint = parse_outcome_constraint(text)
+        expressions.append(f"{constraint.metric} {constraint.op} {constraint.bound!r}")
+    return expressions
+
+
+def model_metrics(spec: NASExperimentSpec) -> list[str]:
+    """The metrics Ax models: objectives and constrained metrics."""
+    names = [o.metric for o in spec.objectives]
+    names += [parse_outcome_constraint(c).metric for c in spec.outcome_constraints]
+    return names
+
+
+def _generation_method(spec: NASExperimentSpec) -> str:
+    tunable = sum(1 for p in spec.parameters if p.type != "fixed")
+    name = spec.algorithm.name
+    if name == "auto":
+        name = "saasbo" if tunable >= SAASBO_MIN_PARAMETERS else "qnehvi"
+    return {"sobol": "random_search", "qnehvi": "fast", "saasbo": "quality"}[name]
+
+
+class Engine:
+    """An Ax experiment plus its generation strategy, behind a small plain-Python interface."""
+
+    def __init__(self, spec: NASExperimentSpec, client: Any) -> None:
+        self.spec = spec
+        self._client = client
+        self._fixed = {p.name: p.value for p in spec.parameters if p.type == "fixed"}
+        self._metrics = model_metrics(spec)
+
+    @classmethod
+    def create(cls, spec: NASExperimentSpec, name: str = "nas") -> Engine:
+        from ax import Client
+
+        _configure_ax_logging()
+        with _quiet_ax():
+            client = Client(random_seed=spec.algorithm.seed)
+            client.configure_experiment(
+                name=name,
+                parameters=[_parameter_config(p) for p in spec.parameters if p.type != "fixed"],
+                parameter_constraints=[str(parse_parameter_constraint(c)) for c in spec.parameter_constraints],
+            )
+            client.configure_optimization(
+                objective=objective_expression(spec),
+                outcome_constraints=outcome_constraint_expressions(spec),
+            )
+            method = _generation_method(spec)
+            client.configure_generation_strategy(
+                method=method,  # type: ignore[arg-type]
+                initialization_budget=spec.algorithm.initial_trials,
+                initialization_random_seed=spec.algorithm.seed,
+                initialize_with_center=method != "random_search",
+                allow_exceeding_initialization_budget=True,
+            )
+        return cls(spec, client)
+
+    @classmethod
+    def restore(cls, spec: NASExperimentSpec, snapshot: Mapping[str, Any]) -> Engine:
+        """The engine as it was when `snapshot()` was taken; it goes on with the same candidates."""
+        from ax import Client
+
+        if snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown engine snapshot format {snapshot.get('format')!r}")
+        _configure_ax_logging()
+        with _quiet_ax():
+            client = Client._from_json_snapshot(snapshot=dict(snapshot["client"]))
+        # Ax's snapshot does not carry the client's seed; every generation call re-seeds with it.
+        client._random_seed = spec.algorithm.seed
+        return cls(spec, client)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-safe document of the whole state (experiment, data, generation strategy)."""
+        with _quiet_ax():
+            return {"format": SNAPSHOT_FORMAT, "client": self._client._to_json_snapshot()}
+
+    def generate(self, count: int) -> list[Candidate]:
+        """Up to `count` new candidates; trials not yet completed, failed or abandoned count as pending."""
+        if count <= 0:
+            return []
+        from ax.exceptions.core import DataRequiredError
+        from ax.exceptions.generation_strategy import MaxParallelismReachedException
+
+        with _quiet_ax():
+            try:
+                proposed = self._client.get_next_trials(max_trials=count)
+            except (DataRequiredError, MaxParallelismReachedException) as exc:
+                log.info("no candidate now: %s", exc)
+                return []
+            trials = self._client._experiment.trials
+        candidates = []
+        for index, parameters in sorted(proposed.items()):
+            generator = trials[index].generator_runs[0]._generation_node_name or "unknown"
+            full = {**dict(parameters), **self._fixed}
+            candidates.append(Candidate(index, full, generator))  # type: ignore[arg-type]
+        return candidates
+
+    def complete(self, index: int, metrics: Mapping[str, float]) -> None:
+        data = {name: float(metrics[name]) for name in self._metrics if name in metrics}
+        missing = [name for name in self._metrics if name not in metrics]
+        if missing:
+            raise ValueError(f"trial {index} lacks metrics {missing}")
+        with _quiet_ax():
+            self._client.complete_trial(trial_index=index, raw_data=data)
+
+    def fail(self, index: int, reason: str) -> None:
+        with _quiet_ax():
+            self._client.mark_trial_failed(trial_index=index, failed_reason=reason[:1000])
+
+    def abandon(self, index: int) -> None:
+        with _quiet_ax():
+            self._client.mark_trial_abandoned(trial_index=index)
+
+    def trial_statuses(self) -> dict[int, str]:
+        """Ax's view of each trial (RUNNING, COMPLETED, FAILED, ABANDONED...), for consistency checks."""
+        return {i: t.status.name for i, t in self._client._experiment.trials.items()}
+
+    @property
+    def generation_strategy_name(self) -> str:
+        return str(self._client._generation_strategy.name)

@@ -1,0 +1,1 @@
+"""The reference trial program of nas-operator (PyTorch Lightning MLP, TensorBoard logging)."""

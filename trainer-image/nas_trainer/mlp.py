@@ -1,0 +1,167 @@
+"""The reference trial program: train one MLP candidate and log its metrics to TensorBoard.
+
+The architecture is the Ax multi-objective NAS tutorial's (two hidden layers with dropout,
+tuned widths, learning rate, batch size and epochs), trained with PyTorch Lightning. Three
+metrics come out, each a trade-off a deployment cares about:
+
+- `val_acc`: validation accuracy after every epoch (the search reduces it with max or last);
+- `num_params`: the model's size;
+- `latency_p99_ms`: the 99th percentile of single-sample CPU inference time over repeated
+  measurements, which is noisy, as real latency is.
+
+Everything is written through Lightning's TensorBoardLogger, i.e. torch's SummaryWriter, and
+also as a JSON termination message when a path for one is given (Kubernetes without shared
+storage).
+
+    python -m nas_trainer.mlp --hidden-size-1 64 --hidden-size-2 32 --log-dir /tmp/t0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden-size-1", type=int, default=64)
+    parser.add_argument("--hidden-size-2", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--log-dir", type=Path, required=True, help="TensorBoard log directory of this trial")
+    parser.add_argument("--dataset", choices=["auto", "digits", "mnist"], default="auto")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("NAS_DATA_DIR", "data")))
+    parser.add_argument("--latency-repeats", type=int, default=200, help="timed single-sample forward passes")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--termination-message-path",
+        type=Path,
+        default=os.environ.get("NAS_TERMINATION_MESSAGE_PATH"),
+        help="also write the final metrics as JSON here (Kubernetes: /dev/termination-log)",
+    )
+    return parser
+
+
+def measure_latency_ms(model: Any, num_features: int, repeats: int) -> np.ndarray:
+    """Wall time of single-sample forward passes, after a warm-up, in milliseconds."""
+    import torch
+
+    model.eval()
+    sample = torch.rand(1, num_features)
+    timings = np.empty(repeats)
+    with torch.inference_mode():
+        for _ in range(max(10, repeats // 10)):
+            model(sample)
+        for i in range(repeats):
+            start = time.perf_counter()
+            model(sample)
+            timings[i] = (time.perf_counter() - start) * 1000.0
+    return timings
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nas_trainer.data import load_split
+
+    torch.set_num_threads(max(1, args.threads))
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    split = load_split(args.dataset, args.data_dir)
+
+    class MLP(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters(
+                {k: v for k, v in vars(args).items() if k in HYPERPARAMETERS},
+            )
+            self.net = nn.Sequential(
+                nn.Linear(split.num_features, args.hidden_size_1),
+                nn.ReLU(),
+                nn.Dropout(args.dropout),
+                nn.Linear(args.hidden_size_1, args.hidden_size_2),
+                nn.ReLU(),
+                nn.Dropout(args.dropout),
+                nn.Linear(args.hidden_size_2, split.num_classes),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)  # type: ignore[no-any-return]
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            logits = self(x)
+            self.log("val_loss", nn.functional.cross_entropy(logits, y), on_epoch=True)
+            self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), on_epoch=True)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=args.learning_rate)
+
+    def loader(x: np.ndarray, y: np.ndarray, shuffle: bool) -> DataLoader[Any]:
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle)
+
+    model = MLP()
+    logger = TensorBoardLogger(save_dir=str(args.log_dir), name="", version="", default_hp_metric=False)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    trainer.fit(model, loader(split.x_train, split.y_train, True), loader(split.x_val, split.y_val, False))
+
+    num_params = sum(p.numel() for p in model.parameters())
+    latencies = measure_latency_ms(model, split.num_features, args.latency_repeats)
+    results = {
+        "val_acc": float(trainer.callback_metrics["val_acc"]),
+        "num_params": float(num_params),
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p99_ms": float(np.percentile(latencies, 99)),
+    }
+    writer = logger.experiment
+    for tag in ("num_params", "latency_p50_ms", "latency_p99_ms"):
+        writer.add_scalar(tag, results[tag], global_step=trainer.global_step)
+    writer.flush()
+    logger.finalize("success")
+    return results
+
+
+HYPERPARAMETERS = ("hidden_size_1", "hidden_size_2", "learning_rate", "dropout", "batch_size", "epochs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = train(args)
+    print(json.dumps(results, sort_keys=True), flush=True)
+    if args.termination_message_path:
+        args.termination_message_path.write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
