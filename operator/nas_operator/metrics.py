@@ -144,3 +144,15 @@ def parse_termination_message(message: str, definitions: Iterable[MetricDefiniti
     if problems:
         raise MetricsError("; ".join(problems))
     return values
+
+
+def read_trial_metrics(
+    spec: NASExperimentSpec, log_dir: Path, termination_message: str | None
+) -> dict[str, float]:
+    """A finished trial's metrics from the source the spec names."""
+    definitions = metric_definitions(spec)
+    if spec.metrics.source == "terminationMessage":
+        if not termination_message:
+            raise MetricsError("the trial left no termination message")
+        return parse_termination_message(termination_message, definitions)
+    return read_tensorboard_metrics(log_dir, definitions)

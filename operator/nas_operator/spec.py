@@ -265,6 +265,7 @@ class NASExperimentStatus(SpecModel):
     observed_generation: int | None = None
     trials: TrialCounts = Field(default_factory=TrialCounts)
     pareto_front: list[ParetoPoint] = Field(default_factory=list)
+    pareto_size: int = 0
     hypervolume: float | None = None
     started_at: str | None = None
     finished_at: str | None = None

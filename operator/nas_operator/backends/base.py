@@ -1,0 +1,117 @@
+"""What the loop needs from wherever trials run, and how a trial's command is rendered."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from nas_operator.spec import TrialTemplate
+from nas_operator.state import TrialRecord
+
+ObservedStatus = Literal["running", "succeeded", "failed", "missing"]
+
+
+@dataclass(frozen=True)
+class TrialLaunch:
+    """Everything a backend needs to start one trial, placeholders already filled in."""
+
+    experiment: str
+    index: int
+    name: str
+    attempt: int
+    parameters: dict[str, Any]
+    command: list[str]
+    env: dict[str, str]
+    log_dir: str
+    trial_dir: str
+    template: TrialTemplate
+    timeout_seconds: float | None = None
+
+
+@dataclass
+class Observation:
+    """A backend's answer about one trial."""
+
+    status: ObservedStatus
+    exit_code: int | None = None
+    message: str = ""  # why it failed, or the termination message on success
+    handle: dict[str, Any] | None = None  # an updated handle (a retry started, say)
+    termination_message: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Starts, observes and stops trials. Every method must be safe to call again after a restart."""
+
+    def launch(self, launch: TrialLaunch) -> dict[str, Any]:
+        """Start the trial; return a JSON-safe handle. Starting one that already exists adopts it."""
+        ...
+
+    def poll(self, trial: TrialRecord) -> Observation: ...
+
+    def kill(self, trial: TrialRecord) -> None:
+        """Stop the trial if it runs; a trial that is gone already is fine."""
+        ...
+
+    def log_dir(self, experiment: str, trial_name: str) -> Path:
+        """Where this process can read the trial's TensorBoard logs."""
+        ...
+
+
+def format_value(value: Any) -> str:
+    """A parameter as a command-line string: full float precision, lowercase booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    return string.Formatter().vformat(template, (), {k: format_value(v) for k, v in values.items()})
+
+
+def render_launch(
+    experiment: str,
+    trial: TrialRecord,
+    template: TrialTemplate,
+    log_dir: str,
+    trial_dir: str,
+    timeout_seconds: float | None,
+) -> TrialLaunch:
+    """Fill the trial template's placeholders for one trial."""
+    values: dict[str, Any] = dict(trial.parameters)
+    values.update(
+        trial_dir=trial_dir,
+        log_dir=log_dir,
+        trial_index=trial.index,
+        trial_name=trial.name,
+        experiment=experiment,
+    )
+    command = [render(part, values) for part in [*template.command, *template.args]]
+    env = {e.name: render(e.value, values) for e in template.env}
+    env.update(
+        NAS_EXPERIMENT=experiment,
+        NAS_TRIAL_NAME=trial.name,
+        NAS_TRIAL_INDEX=str(trial.index),
+        NAS_LOG_DIR=log_dir,
+        NAS_TRIAL_DIR=trial_dir,
+        NAS_PARAMETERS=json.dumps(trial.parameters, sort_keys=True),
+    )
+    return TrialLaunch(
+        experiment=experiment,
+        index=trial.index,
+        name=trial.name,
+        attempt=trial.attempt,
+        parameters=dict(trial.parameters),
+        command=command,
+        env=env,
+        log_dir=log_dir,
+        trial_dir=trial_dir,
+        template=template,
+        timeout_seconds=timeout_seconds,
+    )

@@ -1,0 +1,218 @@
+"""Trials as processes on this machine.
+
+Plain subprocesses, not TorchX's local scheduler: what a trial needs here is a process
+group that can be killed as a whole on timeout, its own log files, and an exit code that
+survives the death of `nasctl` itself. TorchX's `local_cwd` adds an AppDef layer, polls on
+its own schedule (10 s by default) and keeps exit codes only in the memory of the process
+that launched the job, so a resumed run could not tell how an orphaned trial ended. Here
+each trial runs under a tiny shell wrapper that writes its exit code to a file; a resumed
+`nasctl` adopts a trial that is still running (by pid and start time) and reads the file
+when it ends, so nothing is run twice.
+
+Layout under the results directory:
+    tensorboard/<trial>/          TensorBoard log dir ({log_dir}); `tensorboard --logdir tensorboard`
+    trials/<trial>/attempt-<n>/   stdout.log, stderr.log, exit_code
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nas_operator.backends.base import Observation, TrialLaunch
+from nas_operator.state import TrialRecord
+
+# Runs the trial, then records its exit status atomically. `exec` is not used so the
+# status can be written; the wrapper and the trial share one process group.
+_WRAPPER = 'exit_file="$1"; shift; "$@"; code=$?; echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit "$code"'
+TAIL_LINES = 15
+KILL_GRACE_SECONDS = 5.0
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a pid (field 22 of /proc/<pid>/stat), to detect pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalBackend:
+    """Runs each trial as a process group under `results_dir`, in `workdir`."""
+
+    def __init__(self, results_dir: Path, workdir: Path | None = None) -> None:
+        self.results_dir = results_dir
+        self.workdir = workdir or Path.cwd()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def log_dir(self, experiment: str, trial_name: str) -> Path:
+        return self.results_dir / "tensorboard" / trial_name
+
+    def trial_dir(self, trial_name: str) -> Path:
+        return self.results_dir / "trials" / trial_name
+
+    def launch(self, launch: TrialLaunch) -> dict[str, Any]:
+        attempt_dir = self.trial_dir(launch.name) / f"attempt-{launch.attempt}"
+        if (attempt_dir / "pid").exists():
+            # Launched before a crash of nasctl: adopt, never start a second copy.
+            return self._handle_from_dir(attempt_dir, launch)
+        _fresh_dir(Path(launch.log_dir))
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        return self._start(launch, attempt_dir, retry=0)
+
+    def _start(self, launch: TrialLaunch, attempt_dir: Path, retry: int) -> dict[str, Any]:
+        command = list(launch.command)
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable  # the project's environment stands in for the trial image
+        run_dir = attempt_dir if retry == 0 else attempt_dir / f"retry-{retry}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **launch.env}
+        with (run_dir / "stdout.log").open("wb") as out, (run_dir / "stderr.log").open("wb") as err:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, "nas-trial", str(run_dir / "exit_code"), *command],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        handle = {
+            "pid": process.pid,
+            "start_time": _process_start_time(process.pid),
+            "run_dir": str(run_dir),
+            "attempt_dir": str(attempt_dir),
+            "retry": retry,
+            "retries": launch.template.retries,
+            "command": command,
+            "env": launch.env,
+            "log_dir": launch.log_dir,
+        }
+        (attempt_dir / "pid").write_text(str(process.pid))
+        return handle
+
+    def _handle_from_dir(self, attempt_dir: Path, launch: TrialLaunch) -> dict[str, Any]:
+        pid = int((attempt_dir / "pid").read_text())
+        retries = sorted(attempt_dir.glob("retry-*"), key=lambda p: int(p.name.split("-")[1]))
+        run_dir = retries[-1] if retries else attempt_dir
+        return {
+            "pid": pid,
+            "start_time": None,
+            "run_dir": str(run_dir),
+            "attempt_dir": str(attempt_dir),
+            "retry": int(run_dir.name.split("-")[1]) if retries else 0,
+            "retries": launch.template.retries,
+            "command": launch.command,
+            "env": launch.env,
+            "log_dir": launch.log_dir,
+        }
+
+    def _alive(self, handle: dict[str, Any]) -> bool:
+        pid = int(handle["pid"])
+        child = self._children.get(pid)
+        if child is not None:
+            return child.poll() is None  # reaps our own zombies
+        start_time = _process_start_time(pid)
+        if start_time is None:
+            return False
+        return handle.get("start_time") in (None, start_time)
+
+    def poll(self, trial: TrialRecord) -> Observation:
+        handle = trial.handle
+        if not handle:
+            return Observation("missing", message="no process was recorded for this trial")
+        run_dir = Path(handle["run_dir"])
+        exit_file = run_dir / "exit_code"
+        if not exit_file.exists():
+            if self._alive(handle):
+                return Observation("running")
+            if exit_file.exists():  # it ended between the two checks
+                return self.poll(trial)
+            self._children.pop(int(handle["pid"]), None)
+            return Observation(
+                "failed",
+                message=f"process {handle['pid']} ended without an exit status (killed?)"
+                + self._log_tail(run_dir),
+            )
+        self._children.pop(int(handle["pid"]), None)
+        code = int(exit_file.read_text().strip() or "-1")
+        if code == 0:
+            return Observation("succeeded", exit_code=0)
+        if int(handle.get("retry", 0)) < int(handle.get("retries", 0)):
+            retry = int(handle["retry"]) + 1
+            launch_again = _relaunch_info(handle)
+            _fresh_dir(Path(launch_again.log_dir))
+            new_handle = self._start(launch_again, Path(handle["attempt_dir"]), retry)
+            return Observation("running", exit_code=code, handle=new_handle, message=f"retry {retry} after exit {code}")
+        return Observation("failed", exit_code=code, message=f"exit code {code}" + self._log_tail(run_dir))
+
+    def _log_tail(self, run_dir: Path) -> str:
+        text = tail(run_dir / "stderr.log") or tail(run_dir / "stdout.log")
+        return f"; last lines of its log:\n{text}" if text else ""
+
+    def kill(self, trial: TrialRecord) -> None:
+        handle = trial.handle
+        if not handle or not self._alive(handle):
+            return
+        pid = int(handle["pid"])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while time.monotonic() < deadline and self._alive(handle):
+            time.sleep(0.05)
+        if self._alive(handle):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child = self._children.get(pid)
+            if child is not None:
+                child.wait(timeout=5)
+        self._children.pop(pid, None)
+
+
+def _fresh_dir(path: Path) -> None:
+    """An empty log dir: an earlier attempt's curves must not mix into this one's."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _relaunch_info(handle: dict[str, Any]) -> TrialLaunch:
+    """A launch description for a retry, rebuilt from the handle (the template is not needed)."""
+    from nas_operator.spec import TrialTemplate
+
+    return TrialLaunch(
+        experiment="",
+        index=-1,
+        name="",
+        attempt=0,
+        parameters={},
+        command=list(handle["command"]),
+        env=dict(handle["env"]),
+        log_dir=handle["log_dir"],
+        trial_dir=handle["attempt_dir"],
+        template=TrialTemplate(command=list(handle["command"]), retries=int(handle.get("retries", 0))),
+    )

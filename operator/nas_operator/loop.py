@@ -1,0 +1,407 @@
+"""One reconcile step of an experiment, the same for `nasctl run` and the operator.
+
+A step observes running trials, reads the metrics of finished ones, decides whether the
+experiment is over (trial budget, time budget, failure rate), launches queued candidates
+into free slots and asks the engine for more ahead of need. It never waits on the engine:
+results go to the engine worker, candidates come back from it at a later step.
+
+Persistence rules that make restarts safe:
+- candidates are written to the store (with an engine snapshot that contains them) before
+  they can be launched;
+- a trial is written as `launching` before the backend is asked to start it, and the
+  backend adopts a trial that already exists, so a crash in between never runs it twice;
+- a finished trial's result is written to the trial table at once, even while the engine is
+  busy; `reconcile_engine` replays into a restored engine whatever its snapshot missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from nas_operator.backends.base import Backend, Observation, render_launch
+from nas_operator.engine import Engine
+from nas_operator.metrics import MetricsError, read_trial_metrics
+from nas_operator.spec import NASExperimentSpec
+from nas_operator.spec_checks import parse_duration
+from nas_operator.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
+from nas_operator.worker import EngineWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a person watching the experiment wants to know (a Kubernetes Event, a console line)."""
+
+    reason: str
+    message: str
+    trial: str | None = None
+    warning: bool = False
+
+
+class StateStore(Protocol):
+    def save(self, state: LoopState, engine_snapshot: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    phase: str
+    reason: str
+    message: str
+
+
+def reconcile_engine(engine: Engine, state: LoopState) -> int:
+    """Bring a restored engine in line with the trial table; returns how many fixes were applied."""
+    statuses = engine.trial_statuses()
+    fixes = 0
+    for index, ax_status in statuses.items():
+        if ax_status != "RUNNING":
+            continue
+        trial = state.trials.get(index)
+        if trial is None:  # generated, but the table that would have launched it was never saved
+            engine.abandon(index)
+        elif trial.status == "succeeded":
+            engine.complete(index, trial.metrics)
+        elif trial.status == "failed":
+            engine.fail(index, trial.reason)
+        elif trial.status == "stopped":
+            engine.abandon(index)
+        else:
+            continue
+        fixes += 1
+    return fixes
+
+
+class ExperimentLoop:
+    """Holds what one experiment's steps share; `step()` is the reconcile function."""
+
+    def __init__(
+        self,
+        spec: NASExperimentSpec,
+        state: LoopState,
+        worker: EngineWorker,
+        backend: Backend,
+        store: StateStore,
+        engine_snapshot: dict[str, Any],
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[Event], None] | None = None,
+        lookahead: int | None = None,
+        count_downtime: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.state = state
+        self.worker = worker
+        self.backend = backend
+        self.store = store
+        self.engine_snapshot = engine_snapshot
+        self.clock = clock
+        self.on_event = on_event or (lambda event: None)
+        self.lookahead = spec.budget.parallelism if lookahead is None else lookahead
+        self.count_downtime = count_downtime
+        self.generation_seconds: list[float] = []
+        self.last_engine_error = ""
+        self._dirty = False
+        now = clock()
+        if state.started_at is None:
+            state.started_at = now
+        state.resumed_at = now
+        self._reopen_if_allowed(now)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def finished(self) -> bool:
+        return self.state.phase in TERMINAL_PHASES
+
+    def elapsed(self, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        if self.count_downtime:
+            return now - (self.state.started_at or now)
+        return self.state.elapsed_before + (now - (self.state.resumed_at or now))
+
+    def update_spec(self, spec: NASExperimentSpec) -> None:
+        """Take a new spec whose frozen parts are unchanged (budget, trial template, suspend)."""
+        self.spec = spec
+        self.lookahead = max(self.lookahead, 0)
+        self._reopen_if_allowed(self.clock())
+
+    def step(self) -> bool:
+        """One reconcile step; returns whether anything changed."""
+        now = self.clock()
+        changed = self._absorb_worker_output(now)
+        if self.finished:
+            if not self._reopen_if_allowed(now):
+                return self._persist_if(changed)
+            changed = True
+        changed |= self._observe(now)
+        changed |= self._launch_pending_launches()
+        decision = self._stop_decision(now)
+        if decision is not None and (self.state.count(*ACTIVE) == 0 or decision.reason != "BudgetExhausted"):
+            self._finish_experiment(decision, now)
+            return self._persist_if(True)
+        changed |= self._trim_queue()
+        if decision is None and not self.spec.suspend:
+            changed |= self._launch_into_free_slots(now)
+            self._request_candidates()
+        changed |= self._update_phase(now)
+        return self._persist_if(changed)
+
+    def interrupt(self, message: str = "interrupted by the user") -> None:
+        """Stop now, keeping every trial resumable: running ones are killed and queued again."""
+        for trial in self.state.by_status(*ACTIVE):
+            self.backend.kill(trial)
+            trial.status = "queued"
+            trial.attempt += 1
+            trial.started_at = None
+            trial.handle = {}
+        self.state.phase, self.state.reason, self.state.message = "Stopped", "Interrupted", message
+        self.persist()
+
+    def persist(self) -> None:
+        self._account_time()  # so a crash loses at most the time since the last save
+        self.store.save(self.state, self.engine_snapshot)
+        self._dirty = False
+
+    # ------------------------------------------------------------------ steps
+
+    def _absorb_worker_output(self, now: float) -> bool:
+        output = self.worker.poll()
+        changed = False
+        for error in output.errors:
+            self.last_engine_error = error
+            self._emit("EngineError", error, warning=True)
+        self.generation_seconds.extend(output.generation_seconds)
+        if output.snapshot is not None:
+            self.engine_snapshot = output.snapshot
+            changed = True
+        for candidate in output.candidates:
+            name = trial_name(self.state.experiment, candidate.index)
+            self.state.trials[candidate.index] = TrialRecord(
+                index=candidate.index,
+                name=name,
+                parameters=candidate.parameters,
+                generator=candidate.generator,
+                status="queued",
+                created_at=now,
+            )
+            changed = True
+        if output.candidates:
+            self.persist()  # the snapshot that holds these candidates is in hand: store both first
+        return changed
+
+    def _observe(self, now: float) -> bool:
+        changed = False
+        timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
+        for trial in self.state.by_status("running"):
+            observation = self.backend.poll(trial)
+            if observation.handle is not None:
+                trial.handle = observation.handle
+                changed = True
+                if observation.message:
+                    self._emit("TrialRetried", observation.message, trial.name, warning=True)
+            if observation.status == "running":
+                started = trial.started_at or now
+                if timeout is not None and now - started > timeout:
+                    self.backend.kill(trial)
+                    self._finish_trial(trial, "failed", now, reason=f"timed out after {timeout:g}s and was killed")
+                    changed = True
+                continue
+            self._conclude(trial, observation, now)
+            changed = True
+        return changed
+
+    def _conclude(self, trial: TrialRecord, observation: Observation, now: float) -> None:
+        if observation.status == "succeeded":
+            log_dir = self.backend.log_dir(self.state.experiment, trial.name)
+            try:
+                metrics = read_trial_metrics(self.spec, log_dir, observation.termination_message)
+            except MetricsError as exc:
+                self._finish_trial(trial, "failed", now, reason=f"metrics: {exc}")
+            else:
+                self._finish_trial(trial, "succeeded", now, metrics=metrics)
+        elif observation.status == "missing":
+            self._finish_trial(trial, "failed", now, reason=f"trial vanished: {observation.message}")
+        else:
+            self._finish_trial(trial, "failed", now, reason=observation.message or "failed")
+
+    def _finish_trial(
+        self,
+        trial: TrialRecord,
+        status: str,
+        now: float,
+        metrics: dict[str, float] | None = None,
+        reason: str = "",
+    ) -> None:
+        trial.status = status  # type: ignore[assignment]
+        trial.finished_at = now
+        trial.reason = reason
+        if metrics is not None:
+            trial.metrics = metrics
+        if status == "succeeded":
+            self.worker.complete(trial.index, trial.metrics)
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(trial.metrics.items()))
+            self._emit("TrialSucceeded", shown, trial.name)
+        elif status == "failed":
+            self.worker.fail(trial.index, reason)
+            self._emit("TrialFailed", reason, trial.name, warning=True)
+        else:
+            self.worker.abandon(trial.index)
+            self._emit("TrialStopped", reason, trial.name)
+
+    def _launch_pending_launches(self) -> bool:
+        """Trials marked `launching` by a step that did not finish (a crash): launch or adopt them."""
+        pending = self.state.by_status("launching")
+        for trial in pending:
+            self._start(trial)
+        return bool(pending)
+
+    def _start(self, trial: TrialRecord) -> None:
+        now = self.clock()
+        timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
+        log_dir = self.backend.log_dir(self.state.experiment, trial.name)
+        launch = render_launch(
+            self.state.experiment, trial, self.spec.trial, str(log_dir), str(log_dir.parent / trial.name), timeout
+        )
+        try:
+            trial.handle = self.backend.launch(launch)
+        except Exception as exc:
+            log.exception("launching %s failed", trial.name)
+            self._finish_trial(trial, "failed", now, reason=f"could not be launched: {exc}")
+            return
+        trial.status = "running"
+        trial.started_at = now
+        self._emit("TrialLaunched", _short_parameters(trial.parameters), trial.name)
+
+    def _launch_into_free_slots(self, now: float) -> bool:
+        free = self.spec.budget.parallelism - self.state.count(*ACTIVE)
+        ready = self.state.by_status("queued")[: max(0, free)]
+        if not ready:
+            return False
+        for trial in ready:
+            trial.status = "launching"
+        self.persist()  # before any backend call: a restart then knows these were meant to start
+        for trial in ready:
+            self._start(trial)
+        return True
+
+    def _trim_queue(self) -> bool:
+        """Drop queued candidates beyond a lowered trial budget; they were never launched."""
+        excess = self.state.launched + self.state.count("queued") - self.spec.budget.max_trials
+        if excess <= 0:
+            return False
+        for trial in reversed(self.state.by_status("queued")):
+            if excess == 0:
+                break
+            self.worker.abandon(trial.index)
+            del self.state.trials[trial.index]
+            excess -= 1
+        return True
+
+    def _request_candidates(self) -> None:
+        if self.worker.generating:
+            return
+        queued = self.state.count("queued")
+        remaining = self.spec.budget.max_trials - self.state.launched - queued
+        free = self.spec.budget.parallelism - self.state.count(*ACTIVE)
+        wanted = min(max(0, free) + self.lookahead - queued, remaining)
+        if wanted > 0:
+            self.worker.request(wanted)
+
+    def _stop_decision(self, now: float) -> StopDecision | None:
+        budget = self.spec.budget
+        failed = self.state.count("failed")
+        succeeded = self.state.count("succeeded")
+        finished = failed + succeeded
+        if failed >= budget.min_failed_trials and failed / finished > budget.max_failure_rate:
+            return StopDecision(
+                "Failed",
+                "FailureRateExceeded",
+                f"{failed} of {finished} finished trials failed (limit {budget.max_failure_rate:.0%} once "
+                f"{budget.min_failed_trials} have failed)",
+            )
+        if budget.max_duration is not None:
+            limit = parse_duration(budget.max_duration)
+            if self.elapsed(now) >= limit:
+                return StopDecision(
+                    "Succeeded" if succeeded else "Failed",
+                    "TimeBudgetExceeded",
+                    f"ran {self.elapsed(now):.0f}s of a {limit:.0f}s budget; {succeeded} trials succeeded",
+                )
+        if self.state.launched >= budget.max_trials:
+            return StopDecision(
+                "Succeeded" if succeeded else "Failed",
+                "BudgetExhausted",
+                f"all {budget.max_trials} trials ran: {succeeded} succeeded, {failed} failed",
+            )
+        return None
+
+    def _finish_experiment(self, decision: StopDecision, now: float) -> None:
+        for trial in self.state.by_status(*ACTIVE):
+            self.backend.kill(trial)
+            self._finish_trial(trial, "stopped", now, reason=f"stopped: {decision.reason}")
+        for trial in self.state.by_status("queued"):
+            self.worker.abandon(trial.index)
+            del self.state.trials[trial.index]
+        self.state.phase, self.state.reason, self.state.message = decision.phase, decision.reason, decision.message
+        self.state.finished_at = now
+        self._emit(decision.reason, decision.message, warning=decision.phase == "Failed")
+
+    def _reopen_if_allowed(self, now: float) -> bool:
+        """A finished experiment whose stop condition no longer holds (budget raised, resumed) goes on."""
+        if not self.finished or self.state.reason == "InvalidSpec" or self._stop_decision(now) is not None:
+            return False
+        if self.spec.suspend and self.state.reason == "Suspended":
+            return False
+        self._reopen()
+        return True
+
+    def _reopen(self) -> None:
+        self.state.phase = "Running" if self.state.launched else "Pending"
+        self.state.reason, self.state.message, self.state.finished_at = "Resumed", "", None
+        self.state.resumed_at = self.clock()
+        self._emit("Resumed", "the experiment continues")
+
+    def _update_phase(self, now: float) -> bool:
+        before = (self.state.phase, self.state.reason)
+        active = self.state.count(*ACTIVE)
+        if self.spec.suspend:
+            if active == 0:
+                self.state.phase, self.state.reason = "Stopped", "Suspended"
+                self.state.message = "spec.suspend is true: no trial is launched"
+            else:
+                self.state.phase, self.state.reason = "Running", "Suspending"
+                self.state.message = f"spec.suspend is true: waiting for {active} running trial(s)"
+        elif self.state.launched:
+            self.state.phase = "Running"
+            self.state.reason = "TrialsRunning" if active else "WaitingForCandidates"
+            self.state.message = ""
+        return (self.state.phase, self.state.reason) != before
+
+    # ------------------------------------------------------------------ helpers
+
+    def _account_time(self) -> None:
+        now = self.clock()
+        if self.state.resumed_at is not None:
+            self.state.elapsed_before += now - self.state.resumed_at
+        self.state.resumed_at = now
+
+    def _persist_if(self, changed: bool) -> bool:
+        if changed or self._dirty:
+            self.persist()
+        return changed
+
+    def _emit(self, reason: str, message: str, trial: str | None = None, warning: bool = False) -> None:
+        self.on_event(Event(reason, message, trial, warning))
+
+
+def _short_parameters(parameters: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in parameters.items())
+
+
+def trial_log_dir(results_dir: Path, name: str) -> Path:
+    return results_dir / "tensorboard" / name

@@ -1,0 +1,200 @@
+"""`nasctl run`: an experiment on this machine, trials as local processes, with live progress.
+
+The same loop as the operator, with a file store in the results directory. Running the same
+command again resumes from the saved state; Ctrl-C (or SIGTERM) kills the running trials and
+queues them again, so a resumed run launches exactly the trials the budget still allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nas_operator.backends.local import LocalBackend
+from nas_operator.engine import Engine
+from nas_operator.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.pareto import hypervolume
+from nas_operator.results import write_results
+from nas_operator.spec import NASExperiment
+from nas_operator.state import LoopState, spec_fingerprint
+from nas_operator.status import pareto_front
+from nas_operator.store import FileStore
+from nas_operator.worker import InlineEngineWorker, ThreadedEngineWorker
+
+POLL_SECONDS = 0.25
+
+
+class ResumeError(RuntimeError):
+    """The saved state cannot be continued with this spec."""
+
+
+@dataclass
+class RunOutcome:
+    state: LoopState
+    results_dir: Path
+    interrupted: bool
+    wall_seconds: float
+    generation_seconds: list[float]
+
+
+def open_experiment(experiment: NASExperiment, store: FileStore, fresh: bool) -> tuple[LoopState, Engine, bool]:
+    """The saved state and engine if there are any (and they match the spec), else new ones."""
+    fingerprint = spec_fingerprint(experiment.spec)
+    stored = None if fresh else store.load()
+    if stored is None:
+        state = LoopState(experiment=experiment.metadata.name, fingerprint=fingerprint)
+        return state, Engine.create(experiment.spec, name=experiment.metadata.name), False
+    if stored.state.fingerprint != fingerprint:
+        raise ResumeError(
+            f"{store.path} was saved for a different search space, objectives or algorithm; "
+            "restore the spec, choose another --results directory, or pass --fresh to start over"
+        )
+    engine = Engine.restore(experiment.spec, stored.engine)
+    reconcile_engine(engine, stored.state)
+    return stored.state, engine, True
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local(
+    experiment: NASExperiment,
+    results_dir: Path,
+    *,
+    fresh: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+    lookahead: int | None = None,
+    background_generation: bool = True,
+    workdir: Path | None = None,
+    max_steps: int | None = None,
+) -> RunOutcome:
+    console = console or Console()
+    spec = experiment.spec
+    store = FileStore(results_dir)
+    state, engine, resumed = open_experiment(experiment, store, fresh)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "experiment.yaml").write_text(
+        yaml.safe_dump(experiment.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    )
+    if resumed:
+        console.print(
+            f"[bold]Resuming[/] {state.experiment} from {store.path}: {state.count('succeeded')} succeeded, "
+            f"{state.count('failed')} failed, {state.count('queued')} queued"
+        )
+    backend = LocalBackend(results_dir, workdir=workdir)
+    snapshot = engine.snapshot()
+    worker = ThreadedEngineWorker(engine) if background_generation else InlineEngineWorker(engine)
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[name]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show_progress,
+        transient=False,
+    )
+
+    def on_event(event: Event) -> None:
+        style = "yellow" if event.warning else "dim"
+        prefix = f"{event.trial}: " if event.trial else ""
+        message = event.message if len(event.message) < 600 else event.message[:600] + "..."
+        console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.reason:<15}[/] {prefix}{message}")
+
+    loop = ExperimentLoop(
+        spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead
+    )
+    start = time.monotonic()
+    interrupted = False
+    task = progress.add_task("search", total=spec.budget.max_trials, name=state.experiment, detail="")
+    steps = 0
+    try:
+        with progress, _sigterm_as_interrupt():
+            while not loop.finished:
+                loop.step()
+                done = state.count("succeeded", "failed", "stopped")
+                progress.update(task, completed=done, detail=_detail(loop))
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    raise _Interrupted()
+                if not loop.finished:
+                    time.sleep(POLL_SECONDS)
+            loop.step()  # absorb the engine's last snapshot
+    except (KeyboardInterrupt, _Interrupted):
+        interrupted = True
+        loop.interrupt()
+        console.print(
+            f"[yellow]Interrupted.[/] State saved in {store.path}; run the same command again to resume."
+        )
+    finally:
+        worker.close()
+    write_results(spec, state, results_dir)
+    return RunOutcome(state, results_dir, interrupted, time.monotonic() - start, loop.generation_seconds)
+
+
+def _detail(loop: ExperimentLoop) -> str:
+    state = loop.state
+    parts = [
+        f"running {state.count('running', 'launching')}",
+        f"ok {state.count('succeeded')}",
+        f"failed {state.count('failed')}",
+    ]
+    results = state.results()
+    if results:
+        parts.append(f"front {len(pareto_front(loop.spec, state))}")
+        parts.append(f"HV {hypervolume(loop.spec, results):.4g}")
+    if loop.worker.generating:
+        parts.append("generating…")
+    return " · ".join(parts)
+
+
+def pareto_table(experiment: NASExperiment, state: LoopState) -> Table:
+    spec = experiment.spec
+    front = pareto_front(spec, state)
+    table = Table(title=f"Pareto front of {state.experiment}: {len(front)} trials (HV {hypervolume(spec, state.results()):.5g})")
+    table.add_column("trial")
+    for objective in spec.objectives:
+        arrow = "↑" if objective.goal == "maximize" else "↓"
+        table.add_column(f"{objective.metric} {arrow}", justify="right")
+    others = sorted({m for p in front for m in p.metrics} - {o.metric for o in spec.objectives})
+    for name in others:
+        table.add_column(name, justify="right")
+    for parameter in spec.parameters:
+        if parameter.type != "fixed":
+            table.add_column(parameter.name, justify="right")
+    for point in front:
+        cells = [point.trial]
+        cells += [f"{point.metrics[o.metric]:.5g}" for o in spec.objectives]
+        cells += [f"{point.metrics.get(m, float('nan')):.4g}" for m in others]
+        for parameter in spec.parameters:
+            if parameter.type != "fixed":
+                value = point.parameters.get(parameter.name)
+                cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,106 @@
+"""The loop's own record of an experiment: one row per trial plus the experiment's phase.
+
+This table, not Ax, is the source of truth for what was launched and how it ended; the
+engine is a model fed from it. Keeping it separate lets the loop record a finished trial
+while the engine is busy generating, and lets a restart tell exactly which trials were
+launched (never launch one twice) and which results exist (never lose one).
+
+Trial lifecycle:  queued -> launching -> running -> succeeded | failed | stopped
+`queued` trials exist in the engine (as pending) but have not been started; `launching` is
+written to the store before the backend is asked to start the trial, so a crash between
+the two is resolved by asking the backend whether the trial exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from nas_operator.spec import NASExperimentSpec
+
+TrialStatus = Literal["queued", "launching", "running", "succeeded", "failed", "stopped"]
+ACTIVE: frozenset[str] = frozenset({"launching", "running"})
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrialRecord:
+    index: int
+    name: str
+    parameters: dict[str, Any]
+    generator: str
+    status: TrialStatus = "queued"
+    attempt: int = 0
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    handle: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class LoopState:
+    experiment: str
+    fingerprint: str
+    trials: dict[int, TrialRecord] = field(default_factory=dict)
+    phase: str = "Pending"
+    reason: str = ""
+    message: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    # Seconds already spent in earlier runs (a local experiment's time budget spans resumes).
+    elapsed_before: float = 0.0
+    resumed_at: float | None = None
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for t in self.trials.values() if t.status in statuses)
+
+    @property
+    def launched(self) -> int:
+        """Trials committed to run (launching or later): what the trial budget counts."""
+        return sum(1 for t in self.trials.values() if t.status != "queued")
+
+    def by_status(self, *statuses: str) -> list[TrialRecord]:
+        return [t for _, t in sorted(self.trials.items()) if t.status in statuses]
+
+    def results(self) -> dict[int, dict[str, float]]:
+        return {i: t.metrics for i, t in self.trials.items() if t.status == "succeeded"}
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["format"] = STATE_FORMAT
+        document["trials"] = [asdict(t) for _, t in sorted(self.trials.items())]
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> LoopState:
+        if document.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown state format {document.get('format')!r}")
+        fields = {k: v for k, v in document.items() if k not in ("format", "trials")}
+        trials = {t["index"]: TrialRecord(**t) for t in document["trials"]}
+        return cls(trials=trials, **fields)
+
+
+def spec_fingerprint(spec: NASExperimentSpec) -> str:
+    """Hash of what the engine was built from; budget, trial template and suspend may change freely."""
+    frozen = spec.model_dump(
+        mode="json",
+        include={"parameters", "parameter_constraints", "objectives", "outcome_constraints", "algorithm"},
+    )
+    frozen["metrics"] = spec.metrics.model_dump(mode="json", include={"definitions"})
+    return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_name(experiment: str, index: int) -> str:
+    return f"{experiment}-t{index}"

@@ -1,0 +1,84 @@
+"""The NASExperiment status (what `kubectl get/describe` and `nasctl` show) from the trial table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from nas_operator.pareto import hypervolume, pareto_indices
+from nas_operator.spec import Condition, NASExperimentSpec, NASExperimentStatus, ParetoPoint, TrialCounts
+from nas_operator.state import LoopState
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def trial_counts(state: LoopState) -> TrialCounts:
+    return TrialCounts(
+        total=state.launched,
+        pending=state.count("queued", "launching"),
+        running=state.count("running"),
+        succeeded=state.count("succeeded"),
+        failed=state.count("failed"),
+        stopped=state.count("stopped"),
+    )
+
+
+def pareto_front(spec: NASExperimentSpec, state: LoopState) -> list[ParetoPoint]:
+    results = state.results()
+    return [
+        ParetoPoint(
+            trial=state.trials[i].name,
+            index=i,
+            parameters=state.trials[i].parameters,
+            metrics=state.trials[i].metrics,
+        )
+        for i in pareto_indices(spec, results)
+    ]
+
+
+def conditions(state: LoopState, previous: list[Condition] | None = None) -> list[Condition]:
+    """One condition per phase, Katib-style; a condition keeps its transition time while its status holds."""
+    now = timestamp(state.finished_at if state.finished_at else state.resumed_at)
+    old = {c.type: c for c in previous or []}
+    result = []
+    for kind in ("Running", "Succeeded", "Failed", "Stopped"):
+        active = state.phase == kind
+        status = "True" if active else "False"
+        before = old.get(kind)
+        since = before.last_transition_time if before is not None and before.status == status else now
+        if active or before is not None:
+            result.append(
+                Condition(
+                    type=kind,
+                    status=status,
+                    reason=state.reason if active else (before.reason if before else ""),
+                    message=state.message if active else (before.message if before else ""),
+                    last_transition_time=since,
+                )
+            )
+    return result
+
+
+def build_status(
+    spec: NASExperimentSpec,
+    state: LoopState,
+    observed_generation: int | None = None,
+    previous: NASExperimentStatus | None = None,
+) -> NASExperimentStatus:
+    front = pareto_front(spec, state)
+    return NASExperimentStatus(
+        phase=state.phase,  # type: ignore[arg-type]
+        reason=state.reason,
+        message=state.message,
+        conditions=conditions(state, previous.conditions if previous else None),
+        observed_generation=observed_generation,
+        trials=trial_counts(state),
+        pareto_front=front,
+        pareto_size=len(front),
+        hypervolume=hypervolume(spec, state.results()) if state.results() else None,
+        started_at=timestamp(state.started_at),
+        finished_at=timestamp(state.finished_at),
+    )

@@ -1,0 +1,101 @@
+"""Metrics from real TensorBoard event files, as torch's SummaryWriter and Lightning write them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from nas_operator.metrics import (
+    MetricsError,
+    metric_definitions,
+    parse_termination_message,
+    read_scalars,
+    read_tensorboard_metrics,
+)
+from nas_operator.spec import MetricDefinition
+from nas_operator.spec_checks import load_experiment
+
+from .conftest import EXAMPLES, load_yaml
+
+
+def _write(log_dir: Path, curves: dict[str, list[float]], new_style: bool = False) -> None:
+    writer = SummaryWriter(log_dir=str(log_dir))
+    for tag, values in curves.items():
+        for step, value in enumerate(values):
+            writer.add_scalar(tag, value, global_step=step, new_style=new_style)
+    writer.close()
+
+
+@pytest.mark.parametrize("new_style", [False, True], ids=["simple_value", "tensor"])
+def test_reads_both_scalar_encodings_with_each_reduction(tmp_path: Path, new_style: bool) -> None:
+    _write(tmp_path, {"val/acc": [0.5, 0.9, 0.8], "params": [1234.0]}, new_style=new_style)
+    definitions = [
+        MetricDefinition(name="acc_last", tag="val/acc", reduce="last"),
+        MetricDefinition(name="acc_max", tag="val/acc", reduce="max"),
+        MetricDefinition(name="acc_min", tag="val/acc", reduce="min"),
+        MetricDefinition(name="params"),
+    ]
+    values = read_tensorboard_metrics(tmp_path, definitions)
+    assert values == pytest.approx({"acc_last": 0.8, "acc_max": 0.9, "acc_min": 0.5, "params": 1234.0})
+
+
+def test_finds_event_files_in_nested_lightning_style_dirs(tmp_path: Path) -> None:
+    _write(tmp_path / "lightning_logs" / "version_0", {"val_acc": [0.1, 0.7]})
+    _write(tmp_path / "extra", {"num_params": [99.0]})
+    values = read_tensorboard_metrics(tmp_path, [MetricDefinition(name="val_acc"), MetricDefinition(name="num_params")])
+    assert values == pytest.approx({"val_acc": 0.7, "num_params": 99.0})
+
+
+def test_last_means_highest_step_not_file_order(tmp_path: Path) -> None:
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    for step in (2, 0, 1):
+        writer.add_scalar("loss", float(step), global_step=step)
+    writer.close()
+    assert [p.step for p in read_scalars(tmp_path)["loss"]] == [0, 1, 2]
+    assert read_tensorboard_metrics(tmp_path, [MetricDefinition(name="loss")]) == {"loss": 2.0}
+
+
+def test_a_missing_tag_names_the_metric_and_the_tags_found(tmp_path: Path) -> None:
+    _write(tmp_path, {"val_acc": [0.5]})
+    with pytest.raises(MetricsError, match=r'metric "num_params": tag "num_params" not found .* \(tags there: val_acc\)'):
+        read_tensorboard_metrics(tmp_path, [MetricDefinition(name="val_acc"), MetricDefinition(name="num_params")])
+
+
+def test_no_event_files_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(MetricsError, match="no TensorBoard event files"):
+        read_tensorboard_metrics(tmp_path / "absent", [MetricDefinition(name="val_acc")])
+
+
+def test_a_torn_event_file_does_not_hide_good_ones(tmp_path: Path) -> None:
+    _write(tmp_path, {"val_acc": [0.25]})
+    (tmp_path / "events.out.tfevents.999.broken").write_bytes(b"\x00\x01garbage")
+    assert read_tensorboard_metrics(tmp_path, [MetricDefinition(name="val_acc")]) == {"val_acc": 0.25}
+
+
+def test_non_finite_values_fail_the_metric(tmp_path: Path) -> None:
+    _write(tmp_path, {"val_loss": [float("nan")]})
+    with pytest.raises(MetricsError, match="value is nan"):
+        read_tensorboard_metrics(tmp_path, [MetricDefinition(name="val_loss")])
+
+
+def test_termination_message() -> None:
+    definitions = [MetricDefinition(name="val_acc"), MetricDefinition(name="n", tag="num_params")]
+    assert parse_termination_message(json.dumps({"val_acc": 0.9, "num_params": 10}), definitions) == {
+        "val_acc": 0.9,
+        "n": 10.0,
+    }
+    with pytest.raises(MetricsError, match="not JSON"):
+        parse_termination_message("Error: OOM", definitions)
+    with pytest.raises(MetricsError, match='metric "n" missing'):
+        parse_termination_message(json.dumps({"val_acc": 0.9}), definitions)
+
+
+def test_objectives_without_a_definition_default_to_their_name() -> None:
+    doc = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    doc["spec"]["metrics"]["definitions"] = [{"name": "val_acc", "tag": "validation/accuracy", "reduce": "max"}]
+    definitions = {d.name: d for d in metric_definitions(load_experiment(doc).spec)}
+    assert definitions["val_acc"].effective_tag == "validation/accuracy"
+    assert (definitions["num_params"].effective_tag, definitions["num_params"].reduce) == ("num_params", "last")
