@@ -60,7 +60,9 @@ def test_last_means_highest_step_not_file_order(tmp_path: Path) -> None:
 
 def test_a_missing_tag_names_the_metric_and_the_tags_found(tmp_path: Path) -> None:
     _write(tmp_path, {"val_acc": [0.5]})
-    with pytest.raises(MetricsError, match=r'metric "num_params": tag "num_params" not found .* \(tags there: val_acc\)'):
+    with pytest.raises(
+        MetricsError, match=r'metric "num_params": tag "num_params" not found .* \(tags there: val_acc\)'
+    ):
         read_tensorboard_metrics(tmp_path, [MetricDefinition(name="val_acc"), MetricDefinition(name="num_params")])
 
 

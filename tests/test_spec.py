@@ -55,7 +55,7 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
     (
         "malformed outcome constraint",
         lambda d: d["spec"].__setitem__("outcomeConstraints", ["latency_p99_ms < 5"]),
-        "spec.outcomeConstraints[0]: \"latency_p99_ms < 5\" is not of the form",
+        'spec.outcomeConstraints[0]: "latency_p99_ms < 5" is not of the form',
     ),
     (
         "lower >= upper",

@@ -72,8 +72,10 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             node.pop("additionalProperties")
     elif kind == "array" and "items" in node:
         node["items"] = _structural(node["items"])
-    elif kind is None and not node.get("x-kubernetes-preserve-unknown-fields") and not node.get(
-        "x-kubernetes-int-or-string"
+    elif (
+        kind is None
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+        and not node.get("x-kubernetes-int-or-string")
     ):
         node["x-kubernetes-preserve-unknown-fields"] = True
     if "default" in node and node["default"] is None:
@@ -93,7 +95,10 @@ def openapi_schema(model: type[Any]) -> dict[str, Any]:
 
 # Rules the API server enforces itself (CEL). Messages match spec_checks' wording.
 SPEC_RULES: list[dict[str, str]] = [
-    {"rule": "self.budget.parallelism <= self.budget.maxTrials", "message": "budget.parallelism must not exceed maxTrials"},
+    {
+        "rule": "self.budget.parallelism <= self.budget.maxTrials",
+        "message": "budget.parallelism must not exceed maxTrials",
+    },
     {
         "rule": "!has(self.algorithm) || !has(self.algorithm.initialTrials) || "
         "self.algorithm.initialTrials <= self.budget.maxTrials",

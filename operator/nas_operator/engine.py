@@ -14,6 +14,7 @@ to every generation call, so a restored engine proposes exactly what the origina
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Iterator, Mapping
@@ -160,7 +161,8 @@ class Engine:
             raise ValueError(f"unknown engine snapshot format {snapshot.get('format')!r}")
         _configure_ax_logging()
         with _quiet_ax():
-            client = Client._from_json_snapshot(snapshot=dict(snapshot["client"]))
+            # Ax's decoder consumes the dicts it is given; the caller's snapshot must stay intact.
+            client = Client._from_json_snapshot(snapshot=copy.deepcopy(dict(snapshot["client"])))
         # Ax's snapshot does not carry the client's seed; every generation call re-seeds with it.
         client._random_seed = spec.algorithm.seed
         return cls(spec, client)

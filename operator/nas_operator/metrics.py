@@ -146,9 +146,7 @@ def parse_termination_message(message: str, definitions: Iterable[MetricDefiniti
     return values
 
 
-def read_trial_metrics(
-    spec: NASExperimentSpec, log_dir: Path, termination_message: str | None
-) -> dict[str, float]:
+def read_trial_metrics(spec: NASExperimentSpec, log_dir: Path, termination_message: str | None) -> dict[str, float]:
     """A finished trial's metrics from the source the spec names."""
     definitions = metric_definitions(spec)
     if spec.metrics.source == "terminationMessage":

@@ -32,7 +32,9 @@ def feasible(spec: NASExperimentSpec, metrics: Mapping[str, float]) -> bool:
         value = metrics.get(o.metric)
         if value is None or not math.isfinite(value):
             return False
-        if o.threshold is not None and ((o.minimize and value > o.threshold) or (not o.minimize and value < o.threshold)):
+        if o.threshold is not None and (
+            (o.minimize and value > o.threshold) or (not o.minimize and value < o.threshold)
+        ):
             return False
     return True
 

@@ -127,9 +127,7 @@ def run_local(
         message = event.message if len(event.message) < 600 else event.message[:600] + "..."
         console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.reason:<15}[/] {prefix}{message}")
 
-    loop = ExperimentLoop(
-        spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead
-    )
+    loop = ExperimentLoop(spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead)
     start = time.monotonic()
     interrupted = False
     task = progress.add_task("search", total=spec.budget.max_trials, name=state.experiment, detail="")
@@ -149,9 +147,7 @@ def run_local(
     except (KeyboardInterrupt, _Interrupted):
         interrupted = True
         loop.interrupt()
-        console.print(
-            f"[yellow]Interrupted.[/] State saved in {store.path}; run the same command again to resume."
-        )
+        console.print(f"[yellow]Interrupted.[/] State saved in {store.path}; run the same command again to resume.")
     finally:
         worker.close()
     write_results(spec, state, results_dir)
@@ -175,26 +171,24 @@ def _detail(loop: ExperimentLoop) -> str:
 
 
 def pareto_table(experiment: NASExperiment, state: LoopState) -> Table:
+    """The front, best first objective first, compact enough for an 80-column terminal."""
     spec = experiment.spec
     front = pareto_front(spec, state)
-    table = Table(title=f"Pareto front of {state.experiment}: {len(front)} trials (HV {hypervolume(spec, state.results()):.5g})")
-    table.add_column("trial")
+    hv = hypervolume(spec, state.results())
+    table = Table(title=f"Pareto front of {state.experiment}: {len(front)} trials, hypervolume {hv:.5g}")
+    table.add_column("trial", no_wrap=True)
     for objective in spec.objectives:
         arrow = "↑" if objective.goal == "maximize" else "↓"
-        table.add_column(f"{objective.metric} {arrow}", justify="right")
-    others = sorted({m for p in front for m in p.metrics} - {o.metric for o in spec.objectives})
-    for name in others:
-        table.add_column(name, justify="right")
-    for parameter in spec.parameters:
-        if parameter.type != "fixed":
-            table.add_column(parameter.name, justify="right")
+        table.add_column(f"{objective.metric} {arrow}", justify="right", no_wrap=True)
+    tunable = [p.name for p in spec.parameters if p.type != "fixed"]
+    table.add_column("parameters")
     for point in front:
-        cells = [point.trial]
+        cells = [f"t{point.index}"]
         cells += [f"{point.metrics[o.metric]:.5g}" for o in spec.objectives]
-        cells += [f"{point.metrics.get(m, float('nan')):.4g}" for m in others]
-        for parameter in spec.parameters:
-            if parameter.type != "fixed":
-                value = point.parameters.get(parameter.name)
-                cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        cells.append(" ".join(f"{name}={_short(point.parameters.get(name))}" for name in tunable))
         table.add_row(*cells)
     return table
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -115,7 +115,7 @@ def _parse_linear_side(text: str) -> tuple[dict[str, float], float]:
         if not first and not sign:
             raise ValueError(f'expected + or - before "{text[position:].strip()}"')
         if number is None and name is None:
-            raise ValueError(f'expected a number or a parameter after "{text[:position + 1].strip()}"')
+            raise ValueError(f'expected a number or a parameter after "{text[: position + 1].strip()}"')
         factor = -1.0 if sign == "-" else 1.0
         value = factor * (float(number) if number is not None else 1.0)
         if name is None:

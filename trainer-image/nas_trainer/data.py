@@ -43,7 +43,7 @@ def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> Split:
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
-    n_val = int(round(len(y) * val_fraction))
+    n_val = round(len(y) * val_fraction)
     val, train = order[:n_val], order[n_val:]
     return Split(x[train], y[train], x[val], y[val], num_classes=10)
 

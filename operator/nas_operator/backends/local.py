@@ -30,7 +30,10 @@ from nas_operator.state import TrialRecord
 
 # Runs the trial, then records its exit status atomically. `exec` is not used so the
 # status can be written; the wrapper and the trial share one process group.
-_WRAPPER = 'exit_file="$1"; shift; "$@"; code=$?; echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit "$code"'
+_WRAPPER = (
+    'exit_file="$1"; shift; "$@"; code=$?; '
+    'echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit "$code"'
+)
 TAIL_LINES = 15
 KILL_GRACE_SECONDS = 5.0
 
@@ -42,6 +45,21 @@ def _process_start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -151,8 +169,7 @@ class LocalBackend:
             self._children.pop(int(handle["pid"]), None)
             return Observation(
                 "failed",
-                message=f"process {handle['pid']} ended without an exit status (killed?)"
-                + self._log_tail(run_dir),
+                message=f"process {handle['pid']} ended without an exit status (killed?)" + self._log_tail(run_dir),
             )
         self._children.pop(int(handle["pid"]), None)
         code = int(exit_file.read_text().strip() or "-1")
@@ -171,26 +188,26 @@ class LocalBackend:
         return f"; last lines of its log:\n{text}" if text else ""
 
     def kill(self, trial: TrialRecord) -> None:
+        """SIGTERM to the trial's whole process group, SIGKILL to whatever is left after a grace period."""
         handle = trial.handle
-        if not handle or not self._alive(handle):
+        if not handle:
             return
-        pid = int(handle["pid"])
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
+        pgid = int(handle["pid"])
+        if not self._alive(handle) and not group_members(pgid):
             return
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        while time.monotonic() < deadline and self._alive(handle):
-            time.sleep(0.05)
-        if self._alive(handle):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
-                pass
-            child = self._children.get(pid)
-            if child is not None:
-                child.wait(timeout=5)
-        self._children.pop(pid, None)
+                break
+            deadline = time.monotonic() + KILL_GRACE_SECONDS
+            while time.monotonic() < deadline and (self._alive(handle) or group_members(pgid)):
+                time.sleep(0.05)
+            if not self._alive(handle) and not group_members(pgid):
+                break
+        child = self._children.pop(pgid, None)
+        if child is not None:
+            child.wait(timeout=5)
 
 
 def _fresh_dir(path: Path) -> None:
