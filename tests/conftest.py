@@ -44,3 +44,6 @@ def toy_doc(**budget: Any) -> dict[str, Any]:
         },
     }
     return copy.deepcopy(document)
+
+
+from tests.k8s.fixtures import cluster, namespace  # noqa: E402,F401  (fixtures for the cluster tests)

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nas_operator.spec import NASExperimentSpec, Parameter
 from nas_operator.spec_checks import parse_outcome_constraint, parse_parameter_constraint
@@ -62,7 +62,7 @@ def _parameter_config(p: Parameter) -> Any:
 
     if p.type == "range":
         assert p.lower is not None and p.upper is not None
-        kind = "int" if p.is_int else "float"
+        kind: Literal["int", "float"] = "int" if p.is_int else "float"
         bounds = (int(p.lower), int(p.upper)) if p.is_int else (float(p.lower), float(p.upper))
         return RangeParameterConfig(
             name=p.name,
@@ -71,17 +71,18 @@ def _parameter_config(p: Parameter) -> Any:
             scaling="log" if p.log_scale else "linear",
         )
     assert p.values is not None
-    values = list(p.values)
+    values: list[Any] = list(p.values)
+    choice_kind: Literal["bool", "int", "float", "str"]
     if all(isinstance(v, bool) for v in values):
-        kind = "bool"
+        choice_kind = "bool"
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        kind = "int"
+        choice_kind = "int"
     elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        kind, values = "float", [float(v) for v in values]
+        choice_kind, values = "float", [float(v) for v in values]
     else:
-        kind, values = "str", [str(v) for v in values]
-    ordered = p.ordered if p.ordered is not None else kind in ("int", "float")
-    return ChoiceParameterConfig(name=p.name, values=values, parameter_type=kind, is_ordered=ordered)
+        choice_kind, values = "str", [str(v) for v in values]
+    ordered = p.ordered if p.ordered is not None else choice_kind in ("int", "float")
+    return ChoiceParameterConfig(name=p.name, values=values, parameter_type=choice_kind, is_ordered=ordered)
 
 
 def objective_expression(spec: NASExperimentSpec) -> str:

@@ -43,7 +43,8 @@ def _maximization_matrix(spec: NASExperimentSpec, rows: Sequence[Mapping[str, fl
     """Objective values with signs flipped so that larger is better for all columns."""
     signs = np.array([-1.0 if o.minimize else 1.0 for o in spec.objectives])
     values = np.array([[row[o.metric] for o in spec.objectives] for row in rows], dtype=float)
-    return values.reshape(len(rows), len(spec.objectives)) * signs
+    matrix: np.ndarray = values.reshape(len(rows), len(spec.objectives)) * signs
+    return matrix
 
 
 def non_dominated(points: np.ndarray) -> np.ndarray:

@@ -76,6 +76,16 @@ def _plot_rows(spec: NASExperimentSpec, state: LoopState) -> list[tuple[int, dic
     return [(i, m, feasible(spec, m), i in front) for i, m in sorted(results.items())]
 
 
+def _staircase(front: list[tuple[float, float]], x_min: bool, y_min: bool) -> list[tuple[float, float]]:
+    """The attainment boundary through 2-D front points: between neighbours, the corner worse in both."""
+    line = [front[0]]
+    for a, b in itertools.pairwise(front):
+        worse_x = max(a[0], b[0]) if x_min else min(a[0], b[0])
+        worse_y = max(a[1], b[1]) if y_min else min(a[1], b[1])
+        line += [(worse_x, worse_y), b]
+    return line
+
+
 def plot_pareto_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
     import matplotlib
 
@@ -103,7 +113,8 @@ def plot_pareto_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Pa
         )
         front = sorted((xs[k], ys[k]) for k, r in enumerate(rows) if r[3])
         if front and len(pairs) == 1:
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="crimson", lw=1.5)
+            line = _staircase(front, oa.minimize, ob.minimize)
+            ax.plot([p[0] for p in line], [p[1] for p in line], color="crimson", lw=1.5)
         ax.scatter(
             [xs[k] for k, r in enumerate(rows) if r[3]],
             [ys[k] for k, r in enumerate(rows) if r[3]],
@@ -139,12 +150,12 @@ def plot_pareto_html(spec: NASExperimentSpec, state: LoopState, path: Path) -> P
     figure = make_subplots(rows=1, cols=len(pairs))
     for col, (a, b) in enumerate(pairs, start=1):
         oa, ob = spec.objectives[a], spec.objectives[b]
-        for label, selector, style in (
-            ("outside thresholds", lambda r: not r[2], {"color": "lightgrey"}),
-            ("within thresholds", lambda r: r[2] and not r[3], {"color": "steelblue"}),
-            ("Pareto front", lambda r: r[3], {"color": "crimson", "size": 11}),
-        ):
-            chosen = [r for r in rows if selector(r)]
+        groups: list[tuple[str, list[tuple[int, dict[str, float], bool, bool]], dict[str, Any]]] = [
+            ("outside thresholds", [r for r in rows if not r[2]], {"color": "lightgrey"}),
+            ("within thresholds", [r for r in rows if r[2] and not r[3]], {"color": "steelblue"}),
+            ("Pareto front", [r for r in rows if r[3]], {"color": "crimson", "size": 11}),
+        ]
+        for label, chosen, style in groups:
             hover = [
                 f"{state.trials[i].name}<br>"
                 + "<br>".join(f"{k}: {v}" for k, v in state.trials[i].parameters.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from nas_operator.pareto import hypervolume, pareto_indices
 from nas_operator.spec import Condition, NASExperimentSpec, NASExperimentStatus, ParetoPoint, TrialCounts
@@ -46,7 +47,7 @@ def conditions(state: LoopState, previous: list[Condition] | None = None) -> lis
     result = []
     for kind in ("Running", "Succeeded", "Failed", "Stopped"):
         active = state.phase == kind
-        status = "True" if active else "False"
+        status: Literal["True", "False"] = "True" if active else "False"
         before = old.get(kind)
         since = before.last_transition_time if before is not None and before.status == status else now
         if active or before is not None:

@@ -1,0 +1,183 @@
+"""`nasctl run` end to end on the real trainer: results, resume after an interrupt, refusing bad specs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nas_operator.engine import Engine
+from nas_operator.spec_checks import load_experiment
+from nas_operator.store import FileStore
+
+from .conftest import EXAMPLES, load_yaml
+
+pytestmark = pytest.mark.e2e
+NASCTL = [sys.executable, "-m", "nas_operator.cli"]
+
+
+def _small_digits(tmp_path: Path, max_trials: int, parallelism: int) -> Path:
+    doc: dict[str, Any] = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    spec = doc["spec"]
+    spec["budget"].update(maxTrials=max_trials, parallelism=parallelism)
+    spec["algorithm"].update(initialTrials=2)
+    for parameter in spec["parameters"]:
+        if parameter["name"] == "epochs":
+            parameter.update(lower=1, upper=3)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NASCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_produces_a_front_plots_and_real_tensorboard_logs(tmp_path: Path) -> None:
+    spec_path = _small_digits(tmp_path, max_trials=4, parallelism=2)
+    results = tmp_path / "results"
+    done = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Pareto front of digits-mlp" in done.stdout
+    assert "BudgetExhausted" in done.stdout
+
+    pareto = json.loads((results / "pareto.json").read_text())
+    assert pareto["phase"] == "Succeeded" and pareto["trials"]["total"] == 4
+    assert pareto["paretoFront"], "at least one trial is inside the thresholds"
+    for point in pareto["paretoFront"]:
+        assert point["metrics"]["val_acc"] >= 0.85 and point["metrics"]["num_params"] <= 12000
+    rows = list(csv.DictReader((results / "trials.csv").open()))
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
+    assert {r["generator"] for r in rows} >= {"CenterOfSearchSpace", "Sobol"}
+    assert (results / "pareto.png").stat().st_size > 10_000
+    assert "plotly" in (results / "pareto.html").read_text()
+    for row in rows:
+        events = list((results / "tensorboard" / row["trial"]).rglob("events.out.tfevents.*"))
+        assert events, row["trial"]
+        assert float(row["num_params"]) == pytest.approx(_num_params(row))
+
+    again = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert again.returncode == 0 and "Resuming" in again.stdout
+    assert len(list(csv.DictReader((results / "trials.csv").open()))) == 4  # nothing ran again
+
+
+def _num_params(row: dict[str, str]) -> int:
+    h1, h2 = int(row["hidden_size_1"]), int(row["hidden_size_2"])
+    return 64 * h1 + h1 + h1 * h2 + h2 + h2 * 10 + 10
+
+
+def _state(results: Path) -> dict[str, Any] | None:
+    try:
+        stored = FileStore(results).load()
+    except Exception:  # being replaced right now
+        return None
+    return None if stored is None else stored.state.to_json()
+
+
+def test_interrupt_then_resume_runs_each_trial_exactly_once_to_a_result(tmp_path: Path) -> None:
+    spec_path = _small_digits(tmp_path, max_trials=4, parallelism=2)
+    results = tmp_path / "results"
+    process = subprocess.Popen(
+        [*NASCTL, "run", str(spec_path), "--results", str(results), "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    interrupted_running: list[str] = []
+    while time.monotonic() < deadline:
+        state = _state(results)
+        if state:
+            statuses = [t["status"] for t in state["trials"]]
+            if "succeeded" in statuses and "running" in statuses:
+                interrupted_running = [t["name"] for t in state["trials"] if t["status"] == "running"]
+                break
+        time.sleep(0.2)
+    assert interrupted_running, "never saw a finished and a running trial together"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Interrupted." in output
+
+    state = _state(results)
+    assert state is not None and (state["phase"], state["reason"]) == ("Stopped", "Interrupted")
+    killed = {t["name"] for t in state["trials"] if t["status"] == "queued" and t["attempt"] == 1}
+    assert killed, state["trials"]
+    for name in killed:  # their processes are gone, not orphaned
+        pid = int((results / "trials" / name / "attempt-0" / "pid").read_text())
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+    resumed = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    stored = FileStore(results).load()
+    assert stored is not None
+    final = stored.state
+    assert (final.phase, final.reason) == ("Succeeded", "BudgetExhausted")
+    assert sorted(final.trials) == [0, 1, 2, 3]
+    assert all(t.status == "succeeded" for t in final.trials.values())
+    for name in killed:  # relaunched as the next attempt, under the same trial index
+        assert (results / "trials" / name / "attempt-1" / "exit_code").read_text().strip() == "0"
+    succeeded_before = {t["name"] for t in state["trials"] if t["status"] == "succeeded"}
+    for name in succeeded_before:  # a finished trial is never run again
+        assert not (results / "trials" / name / "attempt-1").exists()
+    spec = load_experiment(yaml.safe_load(spec_path.read_text())).spec
+    engine = Engine.restore(spec, stored.engine)
+    assert engine.trial_statuses() == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", 3: "COMPLETED"}
+
+
+def test_a_changed_search_space_is_not_resumed_silently(tmp_path: Path) -> None:
+    spec_path = _small_digits(tmp_path, max_trials=1, parallelism=1)
+    results = tmp_path / "results"
+    assert _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path).returncode == 0
+    doc = yaml.safe_load(spec_path.read_text())
+    doc["spec"]["objectives"][1]["threshold"] = 5000
+    spec_path.write_text(yaml.safe_dump(doc))
+    refused = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "different search space" in refused.stderr and "--fresh" in refused.stderr
+
+
+def test_run_refuses_a_bad_spec_with_every_problem(tmp_path: Path) -> None:
+    doc = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    doc["spec"]["budget"]["maxTrials"] = 2
+    doc["spec"]["objectives"][0]["goal"] = "up"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    refused = _run(["run", str(path)], cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "spec.objectives[0].goal" in refused.stderr
+    assert not (tmp_path / "nas-results").exists()
+
+
+def test_trainer_writes_termination_message(tmp_path: Path) -> None:
+    message = tmp_path / "termination-log"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas_trainer.mlp",
+            "--epochs=1",
+            f"--log-dir={tmp_path / 'tb'}",
+            "--dataset=digits",
+            "--latency-repeats=20",
+            f"--termination-message-path={message}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(message.read_text())
+    assert set(metrics) >= {"val_acc", "num_params", "latency_p99_ms"}
+    assert metrics["num_params"] == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
