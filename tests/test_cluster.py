@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s.cluster import NODE_NAME, TestCluster, versions
+from tests.k8s.cluster import NODE_NAME, ControlPlane, versions
 
 from .conftest import EXAMPLES, ROOT
 
@@ -42,7 +42,7 @@ def _job(name: str, script: str, volumes: list[dict] | None = None, mounts: list
     return yaml.safe_dump(job)
 
 
-def test_server_reports_the_pinned_version(cluster: TestCluster) -> None:
+def test_server_reports_the_pinned_version(cluster: ControlPlane) -> None:
     reported = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     pinned = versions()["KUBERNETES_VERSION"]
     assert reported["serverVersion"]["gitVersion"] == pinned
@@ -75,7 +75,7 @@ spec:
 """
 
 
-def test_a_structural_crd_is_enforced_by_the_api_server(cluster: TestCluster, namespace: str) -> None:
+def test_a_structural_crd_is_enforced_by_the_api_server(cluster: ControlPlane, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
     cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.test.nas.operator.dev", "--timeout=30s")
     good = "apiVersion: test.nas.operator.dev/v1\nkind: Widget\nmetadata: {name: ok}\nspec: {size: 3}\n"
@@ -86,7 +86,7 @@ def test_a_structural_crd_is_enforced_by_the_api_server(cluster: TestCluster, na
     assert "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1" in refused.stderr
 
 
-def test_the_nasexperiment_crd_is_accepted_and_validates(cluster: TestCluster, namespace: str) -> None:
+def test_the_nasexperiment_crd_is_accepted_and_validates(cluster: ControlPlane, namespace: str) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
     for example in sorted(EXAMPLES.glob("*.yaml")):
@@ -99,7 +99,7 @@ def test_the_nasexperiment_crd_is_accepted_and_validates(cluster: TestCluster, n
     assert refused.returncode != 0 and "lower must be less than upper" in refused.stderr
 
 
-def _pv_and_claim(cluster: TestCluster, namespace: str, host_dir: Path) -> None:
+def _pv_and_claim(cluster: ControlPlane, namespace: str, host_dir: Path) -> None:
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -126,7 +126,7 @@ def _pv_and_claim(cluster: TestCluster, namespace: str, host_dir: Path) -> None:
     cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Bound", "pvc/shared", "--timeout=60s")
 
 
-def test_a_job_writes_into_its_claim_and_completes(cluster: TestCluster, namespace: str, tmp_path: Path) -> None:
+def test_a_job_writes_into_its_claim_and_completes(cluster: ControlPlane, namespace: str, tmp_path: Path) -> None:
     _pv_and_claim(cluster, namespace, tmp_path)
     script = "import pathlib; p = pathlib.Path('/shared/run/out.txt'); p.parent.mkdir(); p.write_text('hello')"
     job = _job(
@@ -137,11 +137,10 @@ def test_a_job_writes_into_its_claim_and_completes(cluster: TestCluster, namespa
     )
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=job)
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/writer", "--timeout=90s")
-    claim_dir = cluster.workdir / "node" / "pvc" / namespace / "shared"
-    assert (claim_dir / "run" / "out.txt").read_text() == "hello"
+    assert (tmp_path / "run" / "out.txt").read_text() == "hello"  # the claim's volume, a real shared directory
 
 
-def test_a_failing_job_ends_failed_with_the_exit_code_on_the_pod(cluster: TestCluster, namespace: str) -> None:
+def test_a_failing_job_ends_failed_with_the_exit_code_on_the_pod(cluster: ControlPlane, namespace: str) -> None:
     script = "import sys; open('/dev/termination-log', 'w').write('bad input'); sys.exit(3)"
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_job("fails", script))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Failed", "job/fails", "--timeout=90s")
@@ -151,7 +150,7 @@ def test_a_failing_job_ends_failed_with_the_exit_code_on_the_pod(cluster: TestCl
     assert pods["items"][0]["status"]["phase"] == "Failed"
 
 
-def test_deleting_a_running_job_stops_its_process(cluster: TestCluster, namespace: str, tmp_path: Path) -> None:
+def test_deleting_a_running_job_stops_its_process(cluster: ControlPlane, namespace: str, tmp_path: Path) -> None:
     script = "import os, time; open('/out/pid', 'w').write(str(os.getpid())); time.sleep(300)"
     job = _job(
         "sleeper",
@@ -175,7 +174,7 @@ def test_deleting_a_running_job_stops_its_process(cluster: TestCluster, namespac
     assert cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip() == ""
 
 
-def test_rbac_refuses_a_service_account_without_rights(cluster: TestCluster, namespace: str, tmp_path: Path) -> None:
+def test_rbac_refuses_a_service_account_without_rights(cluster: ControlPlane, namespace: str, tmp_path: Path) -> None:
     cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
     kubeconfig = cluster.kubeconfig_for_token(cluster.token_for(namespace, "nobody"), tmp_path / "nobody.kubeconfig")
     refused = cluster.kubectl("get", "pods", "-n", namespace, kubeconfig=kubeconfig, check=False)

@@ -118,12 +118,9 @@ PARAMETER_RULES: list[dict[str, str]] = [
         "rule": "self.type != 'range' || !has(self.logScale) || !self.logScale || !has(self.lower) || self.lower > 0.0",
         "message": "a log-scale range needs lower > 0",
     },
-    {
-        "rule": "self.type != 'choice' || (has(self.values) && size(self.values) >= 2)",
-        "message": "a choice parameter needs at least 2 values",
-    },
-    {"rule": "self.type != 'fixed' || has(self.value)", "message": "a fixed parameter needs a value"},
 ]
+# `values` and `value` hold numbers, strings or booleans: untyped for the schema, so invisible to
+# CEL. Their rules (a choice needs 2+ distinct values, a fixed parameter a value) are the operator's.
 # What the search is about cannot change under a running experiment; the budget can.
 IMMUTABLE_FIELDS = ("parameters", "parameterConstraints", "objectives", "outcomeConstraints", "algorithm")
 

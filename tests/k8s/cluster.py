@@ -76,7 +76,7 @@ class Component:
 
 
 @dataclass
-class TestCluster:
+class ControlPlane:
     workdir: Path
     binaries: Path
     components: list[Component] = field(default_factory=list)
@@ -100,7 +100,7 @@ class TestCluster:
 
     # -------------------------------------------------------------------- lifecycle
 
-    def start(self, timeout: float = 120.0) -> TestCluster:
+    def start(self, timeout: float = 120.0) -> ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki.mkdir(exist_ok=True)
         ca = CertificateAuthority(self.pki)
@@ -203,7 +203,7 @@ class TestCluster:
                 component.process.wait(timeout=5)
         self.components.clear()
 
-    def __enter__(self) -> TestCluster:
+    def __enter__(self) -> ControlPlane:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.k8s.cluster import TestCluster, ensure_binaries
+from tests.k8s.cluster import ControlPlane, ensure_binaries
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """Builds the binaries if this machine lacks them (it does not skip), then starts the control plane."""
     binaries = ensure_binaries()
-    started = TestCluster(tmp_path_factory.mktemp("cluster"), binaries).start()
+    started = ControlPlane(tmp_path_factory.mktemp("cluster"), binaries).start()
     try:
         yield started
     finally:
@@ -23,7 +23,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
 
 
 @pytest.fixture
-def namespace(cluster: TestCluster) -> Iterator[str]:
+def namespace(cluster: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     deadline = time.monotonic() + 60

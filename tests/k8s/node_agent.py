@@ -4,7 +4,7 @@ There is no container runtime here, so the image is ignored and the project's Py
 environment stands in for it: the pod's first container runs its `command` + `args` as a
 local process, with the pod's env (values, field refs, ConfigMap and Secret keys). Volumes
 become directories: a PersistentVolumeClaim one shared directory per claim (so a "shared
-TensorBoard volume" is real), an emptyDir one per pod, a hostPath itself. Because the process
+TensorBoard volume" is real; a claim bound to a hostPath PersistentVolume uses that path), an emptyDir one per pod, a hostPath itself. Because the process
 sees this machine's filesystem, each mount path (and the termination message path) is
 rewritten to its directory wherever it appears in command, args, env and workingDir.
 
@@ -115,6 +115,14 @@ class NodeAgent:
             }
         }
         self.core.patch_node_status(self.node, status)
+        self.untaint()
+
+    def untaint(self) -> None:
+        """Drop taints a kubelet would have cleared (not-ready at creation); this node is always ready."""
+        node = self.core.read_node(self.node)
+        if node.spec.taints:
+            log.info("removing taints %s", [t.key for t in node.spec.taints])
+            self.core.patch_node(self.node, {"spec": {"taints": None}})
 
     # ----------------------------------------------------------------- pods
 
@@ -134,7 +142,7 @@ class NodeAgent:
         dirs: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
             if volume.persistent_volume_claim is not None:
-                path = self.root / "pvc" / pod.metadata.namespace / volume.persistent_volume_claim.claim_name
+                path = self._claim_dir(pod.metadata.namespace, volume.persistent_volume_claim.claim_name)
             elif volume.host_path is not None:
                 path = Path(volume.host_path.path)
             elif volume.config_map is not None:
@@ -154,6 +162,15 @@ class NodeAgent:
             path.mkdir(parents=True, exist_ok=True)
             dirs[volume.name] = path
         return dirs
+
+    def _claim_dir(self, namespace: str, claim_name: str) -> Path:
+        """The bound PersistentVolume's hostPath when it has one (as a kubelet mounts it), else a dir per claim."""
+        claim = self.core.read_namespaced_persistent_volume_claim(claim_name, namespace)
+        if claim.spec.volume_name:
+            volume = self.core.read_persistent_volume(claim.spec.volume_name)
+            if volume.spec.host_path is not None:
+                return Path(volume.spec.host_path.path)
+        return self.root / "pvc" / namespace / claim_name
 
     def _env(self, pod: Any, container: Any) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -388,6 +405,7 @@ class NodeAgent:
                     self.sync(pod)
                 self.forget_missing({p.metadata.uid for p in pods})
                 self.reap()
+                self.untaint()
             except Exception:
                 log.exception("resync failed")
             self.stopping.wait(0.5)
