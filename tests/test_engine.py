@@ -38,7 +38,7 @@ def _toy(algorithm: str = "qnehvi", initial: int = 4) -> NASExperimentSpec:
 
 
 def _digits() -> NASExperimentSpec:
-    doc = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    doc = load_yaml(EXAMPLES / "digits-mlp-latency.yaml")  # has hidden_size_2 <= hidden_size_1
     doc["spec"]["parameters"].append({"name": "optimizer", "type": "fixed", "value": "adam"})
     return load_experiment(doc).spec
 
@@ -50,7 +50,7 @@ def test_candidates_honour_bounds_types_constraints_and_fixed_values() -> None:
     assert [c.index for c in candidates] == list(range(8))
     for c in candidates:
         p = c.parameters
-        assert isinstance(p["hidden_size_1"], int) and 8 <= p["hidden_size_1"] <= 128
+        assert isinstance(p["hidden_size_1"], int) and 4 <= p["hidden_size_1"] <= 128
         assert p["hidden_size_2"] <= p["hidden_size_1"]
         assert 1e-4 <= p["learning_rate"] <= 0.1
         assert p["batch_size"] in (16, 32, 64, 128)
@@ -123,4 +123,7 @@ def test_snapshot_restores_the_same_state_and_the_same_next_candidates(algorithm
     )
     for a, b in zip(original_next, restored_next, strict=True):
         assert a.generator == b.generator
-        assert a.parameters == pytest.approx(b.parameters, rel=1e-9, abs=1e-12)
+        if algorithm == "sobol":  # the quasi-random sequence continues exactly
+            assert a.parameters == b.parameters
+        else:  # the GP refit starts cold (Ax warm-starts it in memory only): same optimum to ~1e-9
+            assert a.parameters == pytest.approx(b.parameters, rel=1e-6, abs=1e-9)

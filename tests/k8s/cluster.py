@@ -217,7 +217,7 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         check: bool = True,
         input: str | None = None,
-        timeout: float = 60,
+        timeout: float = 150,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [self.bin("kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
