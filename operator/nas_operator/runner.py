@@ -143,7 +143,12 @@ def run_local(
                     raise _Interrupted()
                 if not loop.finished:
                     time.sleep(POLL_SECONDS)
-            loop.step()  # absorb the engine's last snapshot
+            # The last results were posted to the engine; let it apply them so the saved
+            # snapshot agrees with the trial table (no generation is pending at this point).
+            worker.close()
+            if isinstance(worker, ThreadedEngineWorker):
+                worker.join(timeout=300)
+            loop.step()
     except (KeyboardInterrupt, _Interrupted):
         interrupted = True
         loop.interrupt()
