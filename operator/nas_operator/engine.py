@@ -30,6 +30,11 @@ SNAPSHOT_FORMAT = "ax-client-json/1"
 SAASBO_MIN_PARAMETERS = 16  # auto switches to the SAAS model from this many tunable parameters
 
 log = logging.getLogger(__name__)
+# Import-time noise of Ax and its dependencies, which says nothing to a user of this tool: an
+# INFO line about SQL storage (Ax loggers set their own level, so only a filter on that logger
+# stops it) and torch.jit's deprecation warning raised by GPyTorch.
+logging.getLogger("ax.storage.sqa_store.with_db_settings_base").addFilter(lambda r: r.levelno >= logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 There is no container runtime here, so the image is ignored and the project's Python
 environment stands in for it: the pod's first container runs its `command` + `args` as a
 local process, with the pod's env (values, field refs, ConfigMap and Secret keys). Volumes
-become directories: a PersistentVolumeClaim one shared directory per claim (so a "shared
-TensorBoard volume" is real; a claim bound to a hostPath PersistentVolume uses that path), an emptyDir one per pod, a hostPath itself. Because the process
-sees this machine's filesystem, each mount path (and the termination message path) is
+become directories: a PersistentVolumeClaim one shared directory per claim, so a "shared
+TensorBoard volume" is real (a claim bound to a hostPath PersistentVolume uses that path);
+an emptyDir one per pod; a hostPath itself. Because the process sees this machine's filesystem, each mount path (and the termination message path) is
 rewritten to its directory wherever it appears in command, args, env and workingDir.
 
 Pod status goes Pending -> Running -> Succeeded/Failed with the real exit code, reason and
