@@ -5,8 +5,9 @@ environment stands in for it: the pod's first container runs its `command` + `ar
 local process, with the pod's env (values, field refs, ConfigMap and Secret keys). Volumes
 become directories: a PersistentVolumeClaim one shared directory per claim, so a "shared
 TensorBoard volume" is real (a claim bound to a hostPath PersistentVolume uses that path);
-an emptyDir one per pod; a hostPath itself. Because the process sees this machine's filesystem, each mount path (and the termination message path) is
-rewritten to its directory wherever it appears in command, args, env and workingDir.
+an emptyDir one per pod; a hostPath itself. Because the process sees this machine's
+filesystem, each mount path (and the termination message path) is rewritten to its
+directory wherever it appears in command, args, env and workingDir.
 
 Pod status goes Pending -> Running -> Succeeded/Failed with the real exit code, reason and
 termination message, so the real Job controller completes or fails the Job. A pod that is
