@@ -312,3 +312,32 @@ class ControlPlane:
             "get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
         )
         return result.stdout.strip() == "True"
+
+
+def main() -> int:
+    """`python -m tests.k8s.cluster [--once]`: start the test control plane by hand (until Ctrl-C)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--once", action="store_true", help="start, report the start-up time, stop")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    binaries = ensure_binaries()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nas-cluster-"))
+    started = time.monotonic()
+    plane = ControlPlane(workdir, binaries).start()
+    print(f"control plane {versions()['KUBERNETES_VERSION']} ready in {time.monotonic() - started:.1f}s")
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    try:
+        if not args.once:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        plane.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
