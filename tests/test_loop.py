@@ -293,3 +293,32 @@ def test_a_slow_engine_never_blocks_a_step() -> None:
     finally:
         engine.release.set()
         worker.close()
+
+
+def test_in_process_backend_feeds_results_through_the_termination_message_path() -> None:
+    from nas_operator.backends.base import TrialLaunch
+    from nas_operator.backends.inprocess import InProcessBackend
+
+    def evaluate(launch: TrialLaunch) -> dict[str, float]:
+        x = float(launch.parameters["x"])
+        if x == 0.03:
+            raise RuntimeError("diverged")
+        return {"f1": x, "f2": 1.0 - x}
+
+    spec = toy_spec(maxTrials=6, parallelism=3)
+    engine = FakeEngine()
+    backend = InProcessBackend(evaluate)
+    state = LoopState("toy", spec_fingerprint(spec))
+    loop = ExperimentLoop(spec, state, InlineEngineWorker(engine), backend, MemoryStore(), engine.snapshot())  # type: ignore[arg-type]
+    try:
+        for _ in range(2000):
+            loop.step()
+            if loop.finished:
+                break
+            threading.Event().wait(0.005)
+    finally:
+        backend.shutdown()
+    assert (state.phase, state.count("succeeded"), state.count("failed")) == ("Succeeded", 5, 1)
+    assert state.trials[3].reason == "raised RuntimeError: diverged"
+    assert engine.completed[5] == {"f1": 0.05, "f2": 0.95}
+    assert sorted(backend.launches) == [f"toy-t{i}" for i in range(6)]

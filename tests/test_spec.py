@@ -84,7 +84,7 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
     ),
     (
         "parallelism above the budget",
-        lambda d: d["spec"]["budget"].update(parallelism=100),
+        lambda d: d["spec"]["budget"].update(parallelism=100, maxTrials=30),
         "spec.budget.parallelism: must not exceed maxTrials (100 > 30)",
     ),
     (
@@ -171,6 +171,11 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
         "a bad parameter name",
         lambda d: _param(d, "dropout").update(name="drop-out"),
         'spec.parameters[4].name: "drop-out" must be a letter',
+    ),
+    (
+        "a metric name the model cannot parse",
+        lambda d: d["spec"]["objectives"][0].update(metric="val/acc"),
+        'spec.objectives[0].metric: "val/acc" must be a letter',
     ),
     (
         "an invalid experiment name",

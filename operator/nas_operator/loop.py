@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from nas_operator.backends.base import Backend, Observation, render_launch
@@ -401,7 +400,3 @@ class ExperimentLoop:
 
 def _short_parameters(parameters: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in parameters.items())
-
-
-def trial_log_dir(results_dir: Path, name: str) -> Path:
-    return results_dir / "tensorboard" / name

@@ -26,7 +26,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_OUTCOME = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_./-]*)\s*(<=|>=)\s*({_NUMBER})\s*$")
+_OUTCOME = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*({_NUMBER})\s*$")
 _TERM = re.compile(rf"\s*([-+]?)\s*(?:({_NUMBER})\s*\*?\s*)?([A-Za-z_][A-Za-z0-9_]*)?\s*")
 
 
@@ -256,6 +256,24 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
             if problem:
                 problems.append(Problem(path, problem))
 
+    # Metric names appear in the model's objective expressions; TensorBoard tags may hold anything.
+    for i, objective in enumerate(spec.objectives):
+        if not NAME_PATTERN.match(objective.metric):
+            problems.append(
+                Problem(
+                    f"{root}.objectives[{i}].metric",
+                    f'"{objective.metric}" must be a letter or _ followed by letters, digits or _ '
+                    "(map a tag such as val/acc to it in metrics.definitions)",
+                )
+            )
+    for i, definition in enumerate(spec.metrics.definitions):
+        if not NAME_PATTERN.match(definition.name):
+            problems.append(
+                Problem(
+                    f"{root}.metrics.definitions[{i}].name",
+                    f'"{definition.name}" must be a letter or _ followed by letters, digits or _',
+                )
+            )
     objective_metrics = [o.metric for o in spec.objectives]
     for name in sorted(_duplicates(objective_metrics)):
         problems.append(Problem(f"{root}.objectives", f'metric "{name}" appears in more than one objective'))

@@ -95,39 +95,40 @@ class LocalBackend:
             return self._handle_from_dir(attempt_dir, launch)
         _fresh_dir(Path(launch.log_dir))
         attempt_dir.mkdir(parents=True, exist_ok=True)
-        return self._start(launch, attempt_dir, retry=0)
+        return self._start(launch.command, launch.env, launch.log_dir, launch.template.retries, attempt_dir, retry=0)
 
-    def _start(self, launch: TrialLaunch, attempt_dir: Path, retry: int) -> dict[str, Any]:
-        command = list(launch.command)
+    def _start(
+        self, command: list[str], env: dict[str, str], log_dir: str, retries: int, attempt_dir: Path, retry: int
+    ) -> dict[str, Any]:
+        """Start one run of a trial (the first, or a retry) and return its handle."""
+        command = list(command)
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable  # the project's environment stands in for the trial image
         run_dir = attempt_dir if retry == 0 else attempt_dir / f"retry-{retry}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **launch.env}
         with (run_dir / "stdout.log").open("wb") as out, (run_dir / "stderr.log").open("wb") as err:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "nas-trial", str(run_dir / "exit_code"), *command],
                 cwd=self.workdir,
-                env=env,
+                env={**os.environ, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
             )
         self._children[process.pid] = process
-        handle = {
+        (attempt_dir / "pid").write_text(str(process.pid))
+        return {
             "pid": process.pid,
             "start_time": _process_start_time(process.pid),
             "run_dir": str(run_dir),
             "attempt_dir": str(attempt_dir),
             "retry": retry,
-            "retries": launch.template.retries,
+            "retries": retries,
             "command": command,
-            "env": launch.env,
-            "log_dir": launch.log_dir,
+            "env": env,
+            "log_dir": log_dir,
         }
-        (attempt_dir / "pid").write_text(str(process.pid))
-        return handle
 
     def _handle_from_dir(self, attempt_dir: Path, launch: TrialLaunch) -> dict[str, Any]:
         pid = int((attempt_dir / "pid").read_text())
@@ -177,9 +178,15 @@ class LocalBackend:
             return Observation("succeeded", exit_code=0)
         if int(handle.get("retry", 0)) < int(handle.get("retries", 0)):
             retry = int(handle["retry"]) + 1
-            launch_again = _relaunch_info(handle)
-            _fresh_dir(Path(launch_again.log_dir))
-            new_handle = self._start(launch_again, Path(handle["attempt_dir"]), retry)
+            _fresh_dir(Path(handle["log_dir"]))
+            new_handle = self._start(
+                handle["command"],
+                handle["env"],
+                handle["log_dir"],
+                int(handle["retries"]),
+                Path(handle["attempt_dir"]),
+                retry,
+            )
             return Observation("running", exit_code=code, handle=new_handle, message=f"retry {retry} after exit {code}")
         return Observation("failed", exit_code=code, message=f"exit code {code}" + self._log_tail(run_dir))
 
@@ -215,21 +222,3 @@ def _fresh_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-
-
-def _relaunch_info(handle: dict[str, Any]) -> TrialLaunch:
-    """A launch description for a retry, rebuilt from the handle (the template is not needed)."""
-    from nas_operator.spec import TrialTemplate
-
-    return TrialLaunch(
-        experiment="",
-        index=-1,
-        name="",
-        attempt=0,
-        parameters={},
-        command=list(handle["command"]),
-        env=dict(handle["env"]),
-        log_dir=handle["log_dir"],
-        trial_dir=handle["attempt_dir"],
-        template=TrialTemplate(command=list(handle["command"]), retries=int(handle.get("retries", 0))),
-    )
