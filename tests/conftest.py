@@ -46,4 +46,16 @@ def toy_doc(**budget: Any) -> dict[str, Any]:
     return copy.deepcopy(document)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the test control plane before any test runs when cluster tests are selected.
+
+    A cold build takes 15-20 minutes on 2 cores: it must not count against a test's timeout,
+    so it happens here, once, rather than inside the session fixture.
+    """
+    if any(item.get_closest_marker("cluster") for item in session.items):
+        from tests.k8s.cluster import ensure_binaries
+
+        ensure_binaries()
+
+
 from tests.k8s.fixtures import cluster, namespace  # noqa: E402,F401  (fixtures for the cluster tests)
