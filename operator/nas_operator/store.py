@@ -7,6 +7,7 @@ JSON: Ax's snapshot is ~18 KB per trial as plain JSON and under 1 KB gzipped.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -17,6 +18,16 @@ from typing import Any
 from nas_operator.state import LoopState
 
 DOCUMENT_FORMAT = "nas-operator-state/1"
+# Kubernetes refuses objects over 1 MiB (etcd's request limit, 1.5 MiB, with headroom). The
+# state is refused before that, with room left for metadata and base64 (4/3 of the bytes).
+CONFIGMAP_OBJECT_LIMIT = 1024 * 1024
+CONFIGMAP_STATE_LIMIT = (CONFIGMAP_OBJECT_LIMIT - 16 * 1024) * 3 // 4
+CONFIGMAP_KEY = "state.json.gz"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "nas-operator"}
+
+
+class StateTooLarge(RuntimeError):
+    """The state no longer fits where it is stored; the experiment must move to SQL storage."""
 
 
 @dataclass
@@ -66,3 +77,94 @@ class FileStore:
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class ConfigMapStore:
+    """One ConfigMap per experiment, `<experiment>-nas-state`, owned by the experiment (so it goes with it).
+
+    Writes replace the object with the resourceVersion last read, so a second writer (two
+    operator replicas by mistake) fails with 409 instead of silently losing trials.
+    """
+
+    def __init__(
+        self,
+        core_api: Any,
+        namespace: str,
+        experiment: str,
+        owner_reference: dict[str, Any] | None = None,
+        limit: int = CONFIGMAP_STATE_LIMIT,
+    ) -> None:
+        self.api = core_api
+        self.namespace = namespace
+        self.name = f"{experiment}-nas-state"
+        self.experiment = experiment
+        self.owner_reference = owner_reference
+        self.limit = limit
+        self.last_size = 0
+        self._resource_version: str | None = None
+
+    def _body(self, blob: bytes) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {**MANAGED_BY, "nas.operator.dev/experiment": self.experiment},
+        }
+        if self.owner_reference is not None:
+            metadata["ownerReferences"] = [self.owner_reference]
+        if self._resource_version is not None:
+            metadata["resourceVersion"] = self._resource_version
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "binaryData": {CONFIGMAP_KEY: base64.b64encode(blob).decode()},
+        }
+
+    def load(self) -> StoredState | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            config_map = self.api.read_namespaced_config_map(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self._resource_version = config_map.metadata.resource_version
+        data = (config_map.binary_data or {}).get(CONFIGMAP_KEY)
+        if data is None:
+            raise ValueError(f"ConfigMap {self.namespace}/{self.name} has no {CONFIGMAP_KEY}")
+        return decode(base64.b64decode(data))
+
+    def save(self, state: LoopState, engine_snapshot: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        blob = encode(state, engine_snapshot)
+        if len(blob) > self.limit:
+            raise StateTooLarge(
+                f"the experiment state is {len(blob) / 1024:.0f} KiB compressed, over the {self.limit / 1024:.0f} KiB "
+                f"a ConfigMap can hold ({len(state.trials)} trials); use spec.storage.type: sql"
+            )
+        if self._resource_version is None:
+            try:
+                created = self.api.create_namespaced_config_map(self.namespace, self._body(blob))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.load()  # it exists (written by an earlier life of this process): take its version
+            else:
+                self._resource_version = created.metadata.resource_version
+                self.last_size = len(blob)
+                return
+        replaced = self.api.replace_namespaced_config_map(self.name, self.namespace, self._body(blob))
+        self._resource_version = replaced.metadata.resource_version
+        self.last_size = len(blob)
+
+    def delete(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api.delete_namespaced_config_map(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self._resource_version = None
