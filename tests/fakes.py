@@ -84,6 +84,9 @@ class FakeBackend:
     def log_dir(self, experiment: str, trial_name: str) -> Path:
         return Path("/nonexistent") / trial_name
 
+    def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
+        return str(self.log_dir(experiment, trial_name)), "/nonexistent"
+
     def launch(self, launch: TrialLaunch) -> dict[str, Any]:
         if launch.name in self.running:  # adopt: never a second copy
             return {"name": launch.name}

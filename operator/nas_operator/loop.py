@@ -262,10 +262,8 @@ class ExperimentLoop:
     def _start(self, trial: TrialRecord) -> None:
         now = self.clock()
         timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
-        log_dir = self.backend.log_dir(self.state.experiment, trial.name)
-        launch = render_launch(
-            self.state.experiment, trial, self.spec.trial, str(log_dir), str(log_dir.parent / trial.name), timeout
-        )
+        log_dir, trial_dir = self.backend.trial_paths(self.state.experiment, trial.name)
+        launch = render_launch(self.state.experiment, trial, self.spec.trial, log_dir, trial_dir, timeout)
         try:
             trial.handle = self.backend.launch(launch)
         except Exception as exc:

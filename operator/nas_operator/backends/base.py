@@ -61,6 +61,10 @@ class Backend(Protocol):
         """Where this process can read the trial's TensorBoard logs."""
         ...
 
+    def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
+        """({log_dir}, {trial_dir}) as the trial itself sees them (inside its container, say)."""
+        ...
+
 
 def format_value(value: Any) -> str:
     """A parameter as a command-line string: full float precision, lowercase booleans."""

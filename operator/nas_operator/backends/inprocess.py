@@ -35,6 +35,10 @@ class InProcessBackend:
     def log_dir(self, experiment: str, trial_name: str) -> Path:
         return self.log_root / trial_name
 
+    def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
+        path = str(self.log_dir(experiment, trial_name))
+        return path, path
+
     def launch(self, launch: TrialLaunch) -> dict[str, Any]:
         key = f"{launch.name}#{launch.attempt}"
         with self._lock:

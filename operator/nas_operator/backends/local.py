@@ -88,6 +88,9 @@ class LocalBackend:
     def trial_dir(self, trial_name: str) -> Path:
         return self.results_dir / "trials" / trial_name
 
+    def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
+        return str(self.log_dir(experiment, trial_name)), str(self.trial_dir(trial_name))
+
     def launch(self, launch: TrialLaunch) -> dict[str, Any]:
         attempt_dir = self.trial_dir(launch.name) / f"attempt-{launch.attempt}"
         if (attempt_dir / "pid").exists():
