@@ -1,0 +1,155 @@
+"""One NASExperiment on a cluster: the loop wired to Jobs, a ConfigMap store and Kubernetes Events.
+
+Plain synchronous code, called by the Kopf handlers from a worker thread (model fitting and
+Ax's bookkeeping must never run on the event loop). It knows nothing of Kopf: the handlers
+pass the object's spec in and patch the status it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend
+from nas_operator.engine import Engine
+from nas_operator.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.spec import API_GROUP, API_VERSION, KIND, NASExperimentSpec, NASExperimentStatus
+from nas_operator.spec_checks import Problem, SpecError, load_spec
+from nas_operator.state import LoopState, spec_fingerprint
+from nas_operator.status import build_status, timestamp
+from nas_operator.store import ConfigMapStore, StateTooLarge
+from nas_operator.worker import ThreadedEngineWorker
+
+log = logging.getLogger(__name__)
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def failed_status(reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    """A status for an experiment that cannot run at all (InvalidSpec, StateTooLarge)."""
+    status = NASExperimentStatus(
+        phase="Failed",
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        conditions=[
+            {  # type: ignore[list-item]
+                "type": "Failed",
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": timestamp(datetime.now(UTC).timestamp()),
+            }
+        ],
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ExperimentController:
+    def __init__(self, api_client: Any, namespace: str, name: str, uid: str) -> None:
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.core: Any = client.CoreV1Api(api_client)
+        self.namespace, self.name, self.uid = namespace, name, uid
+        self.owner = owner_reference(name, uid)
+        self.metrics_root = Path(os.environ.get("NAS_METRICS_ROOT", TRIAL_LOG_MOUNT))
+        self.store = ConfigMapStore(self.core, namespace, name, owner_reference=self.owner)
+        self.loop: ExperimentLoop | None = None
+        self.worker: ThreadedEngineWorker | None = None
+        self.previous: NASExperimentStatus | None = None
+
+    def step(self, spec_document: dict[str, Any], generation: int | None) -> dict[str, Any]:
+        """One reconcile step; returns the status to patch."""
+        try:
+            spec = load_spec(spec_document)
+        except SpecError as exc:
+            return failed_status("InvalidSpec", str(exc), generation)
+        try:
+            loop = self._loop(spec)
+            loop.update_spec(spec)
+            loop.step()
+        except StateTooLarge as exc:
+            return failed_status("StateTooLarge", str(exc), generation)
+        except SpecError as exc:
+            return failed_status("InvalidSpec", str(exc), generation)
+        status = build_status(spec, loop.state, generation, self.previous)
+        self.previous = status
+        return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def _loop(self, spec: NASExperimentSpec) -> ExperimentLoop:
+        if self.loop is not None:
+            return self.loop
+        fingerprint = spec_fingerprint(spec)
+        stored = self.store.load()
+        if stored is None:
+            state = LoopState(experiment=self.name, fingerprint=fingerprint)
+            engine = Engine.create(spec, name=self.name)
+        else:
+            if stored.state.fingerprint != fingerprint:
+                # The CRD's immutability rules refuse such an update; this guards a CRD without them.
+                raise SpecError(
+                    [Problem("spec", "search space, objectives or algorithm changed after the experiment started")]
+                )
+            state = stored.state
+            engine = Engine.restore(spec, stored.engine)
+            reconcile_engine(engine, state)
+        backend = KubernetesBackend(self.api_client, self.namespace, spec, self.owner, self.metrics_root)
+        self.worker = ThreadedEngineWorker(engine)
+        self.loop = ExperimentLoop(
+            spec,
+            state,
+            self.worker,
+            backend,
+            self.store,
+            engine.snapshot(),
+            on_event=self._event,
+            count_downtime=True,
+        )
+        return self.loop
+
+    def _event(self, event: Event) -> None:
+        """A Kubernetes Event on the experiment, as `kubectl describe nasx` lists them."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = f"{event.trial}: {event.message}" if event.trial else event.message
+        body = {
+            "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+            },
+            "reason": event.reason,
+            "message": message[:1024],
+            "type": "Warning" if event.warning else "Normal",
+            "source": {"component": "nas-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(self.namespace, body)
+        except Exception as exc:  # an Event is informative; losing one must not stop the experiment
+            log.warning("could not post event %s: %s", event.reason, exc)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def delete_state(self) -> None:
+        self.close()
+        self.store.delete()

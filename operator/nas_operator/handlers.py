@@ -1,0 +1,76 @@
+"""Every Kopf decorator of the operator, and nothing else.
+
+Run with `kopf run -m nas_operator.handlers` (the operator image does). A timer per
+NASExperiment runs one reconcile step every few seconds in a worker thread, so one slow
+experiment (a model fit, a large state) never stalls the event loop or the others.
+Kopf's bookkeeping lives under our own annotation prefix and finalizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from nas_operator.controller import ExperimentController
+from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+
+RESOURCE = (API_GROUP, API_VERSION, PLURAL)
+STEP_SECONDS = float(os.environ.get("NAS_STEP_SECONDS", "2"))
+CONTROLLERS: dict[tuple[str, str], ExperimentController] = {}
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    loader: Any = config  # untyped in the client's stubs
+    try:
+        loader.load_incluster_config()
+    except config.ConfigException:
+        loader.load_kube_config()
+    return client.ApiClient()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 60  # a stalled watch is dropped and re-established
+    settings.watching.client_timeout = 90
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = int(os.environ.get("NAS_MAX_WORKERS", "8"))
+
+
+@kopf.timer(*RESOURCE, interval=STEP_SECONDS, sharp=False)
+async def reconcile(
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
+    assert namespace is not None  # the resource is namespaced
+    key = (namespace, name)
+    controller = CONTROLLERS.get(key)
+    if controller is None or controller.uid != uid:
+        controller = CONTROLLERS[key] = ExperimentController(_api_client(), namespace, name, uid)
+    new_status = await asyncio.to_thread(controller.step, dict(spec), meta.get("generation"))
+    if {k: status.get(k) for k in new_status} != new_status:
+        patch.status.update(new_status)
+
+
+@kopf.on.delete(*RESOURCE)
+async def delete(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    """Trials go with their owner (Jobs carry owner references); the state is removed here."""
+    assert namespace is not None
+    controller = CONTROLLERS.pop((namespace, name), None) or ExperimentController(_api_client(), namespace, name, uid)
+    await asyncio.to_thread(controller.delete_state)

@@ -1,0 +1,147 @@
+"""The operator on the real control plane: NASExperiments reconciled by Kopf, trials as real Jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from nas_operator.pareto import pareto_indices
+from nas_operator.spec_checks import load_spec
+from nas_operator.store import ConfigMapStore
+from tests.k8s.cluster import ControlPlane
+
+from .conftest import EXAMPLES, ROOT, load_yaml
+from .test_cluster import _pv_and_claim
+
+pytestmark = pytest.mark.cluster
+CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
+
+
+@pytest.fixture
+def operator(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Path]:
+    """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching one namespace."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _pv_and_claim(cluster, namespace, logs)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "NAS_METRICS_ROOT": str(logs),
+        "NAS_STEP_SECONDS": "1",
+    }
+    log_file = tmp_path / "operator.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "kopf"),
+                "run",
+                "-m",
+                "nas_operator.handlers",
+                "--standalone",
+                f"--namespace={namespace}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        yield log_file
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _small_experiment(name: str) -> dict[str, Any]:
+    doc = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    doc["metadata"]["name"] = name
+    spec = doc["spec"]
+    spec["budget"].update(maxTrials=3, parallelism=2)
+    spec["algorithm"]["initialTrials"] = 2
+    spec["objectives"][0]["threshold"] = 0.1
+    spec["metrics"]["claimName"] = "shared"
+    spec["trial"]["args"].append("--latency-repeats=20")
+    for parameter in spec["parameters"]:
+        if parameter["name"] == "epochs":
+            parameter.update(lower=1, upper=2)
+    return doc
+
+
+def _get(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(cluster.kubectl("get", "nasx", name, "-n", namespace, "-o", "json").stdout)
+
+
+def _wait_phase(cluster: ControlPlane, namespace: str, name: str, phase: str, log: Path, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _get(cluster, namespace, name).get("status", {})
+        if status.get("phase") == phase:
+            return status
+        time.sleep(1)
+    raise AssertionError(f"{name} not {phase}: {status}\noperator log:\n{log.read_text()[-4000:]}")
+
+
+def test_an_experiment_runs_to_succeeded_through_real_jobs(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    doc = _small_experiment("digits-small")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "digits-small", "Succeeded", operator)
+    assert status["reason"] == "BudgetExhausted"
+    assert status["trials"]["total"] == 3 and status["trials"]["succeeded"] == 3
+    assert status["paretoSize"] == len(status["paretoFront"]) >= 1 and status["hypervolume"] > 0
+
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["digits-small-t0", "digits-small-t1", "digits-small-t2"]
+    experiment_uid = _get(cluster, namespace, "digits-small")["metadata"]["uid"]
+    assert all(j["metadata"]["ownerReferences"][0]["uid"] == experiment_uid for j in jobs)
+
+    # The status front is the engine's: recompute it from the stored state.
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    stored = ConfigMapStore(core, namespace, "digits-small").load()
+    assert stored is not None
+    spec = load_spec(doc["spec"])
+    expected = [stored.state.trials[i].name for i in pareto_indices(spec, stored.state.results())]
+    assert [p["trial"] for p in status["paretoFront"]] == expected
+
+    table = cluster.kubectl("get", "nasx", "-n", namespace).stdout
+    assert "Succeeded" in table.splitlines()[1] and "HYPERVOLUME" in table.splitlines()[0]
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector=involvedObject.name=digits-small"
+    ).stdout
+    assert "TrialLaunched" in events and "TrialSucceeded" in events and "BudgetExhausted" in events
+
+    cluster.kubectl("delete", "nasx", "digits-small", "-n", namespace, "--timeout=60s")
+    deadline = time.monotonic() + 60
+    while cluster.kubectl(
+        "get", "jobs,configmaps", "-n", namespace, "-l", "nas.operator.dev/experiment=digits-small", "-o", "name"
+    ).stdout.strip():
+        assert time.monotonic() < deadline, "jobs or state outlived the experiment"
+        time.sleep(0.5)
+
+
+def test_a_semantically_wrong_spec_fails_with_invalid_spec_and_the_field(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    doc = _small_experiment("bad-metric")
+    doc["spec"]["outcomeConstraints"] = ["latency_ms <= 5"]  # passes the schema, names no metric
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "bad-metric", "Failed", operator, timeout=120)
+    assert status["reason"] == "InvalidSpec"
+    assert 'spec.outcomeConstraints[0]: unknown metric "latency_ms"' in status["message"]
+    assert cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
