@@ -27,44 +27,64 @@ pytestmark = pytest.mark.cluster
 CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
 
 
-@pytest.fixture
-def operator(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[Path]:
+class OperatorProcess:
     """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching one namespace."""
+
+    def __init__(self, cluster: ControlPlane, namespace: str, logs: Path, log_file: Path) -> None:
+        self.command = [
+            str(Path(sys.executable).parent / "kopf"),
+            "run",
+            "-m",
+            "nas_operator.handlers",
+            "--standalone",
+            f"--namespace={namespace}",
+        ]
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "NAS_METRICS_ROOT": str(logs),
+            "NAS_STEP_SECONDS": "1",
+        }
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def kill(self) -> None:
+        """SIGKILL: no handler, no cleanup, as when a node dies."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def operator_process(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
     logs = tmp_path / "logs"
     logs.mkdir()
     _pv_and_claim(cluster, namespace, logs)
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "NAS_METRICS_ROOT": str(logs),
-        "NAS_STEP_SECONDS": "1",
-    }
-    log_file = tmp_path / "operator.log"
-    with log_file.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "kopf"),
-                "run",
-                "-m",
-                "nas_operator.handlers",
-                "--standalone",
-                f"--namespace={namespace}",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    process = OperatorProcess(cluster, namespace, logs, tmp_path / "operator.log")
+    process.start()
     try:
-        yield log_file
+        yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        process.stop()
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> Path:
+    return operator_process.log_file
 
 
 def _small_experiment(name: str) -> dict[str, Any]:
@@ -145,3 +165,38 @@ def test_a_semantically_wrong_spec_fails_with_invalid_spec_and_the_field(
     assert status["reason"] == "InvalidSpec"
     assert 'spec.outcomeConstraints[0]: unknown metric "latency_ms"' in status["message"]
     assert cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
+def test_sigkilled_operator_restarts_without_running_a_trial_twice_or_losing_one(
+    cluster: ControlPlane, namespace: str, operator_process: OperatorProcess
+) -> None:
+    doc = _small_experiment("restarts")
+    doc["spec"]["budget"].update(maxTrials=5, parallelism=2)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+    def job_count() -> int:
+        return len(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split())
+
+    def succeeded() -> int:
+        return int(_get(cluster, namespace, "restarts").get("status", {}).get("trials", {}).get("succeeded", 0))
+
+    kill_points = [lambda: job_count() >= 1, lambda: succeeded() >= 1, lambda: job_count() >= 4]
+    for reached in kill_points:
+        deadline = time.monotonic() + 300
+        while not reached():
+            assert time.monotonic() < deadline, operator_process.log_file.read_text()[-4000:]
+            time.sleep(0.2)
+        operator_process.kill()
+        time.sleep(1)
+        operator_process.start()
+
+    status = _wait_phase(cluster, namespace, "restarts", "Succeeded", operator_process.log_file)
+    assert status["trials"]["total"] == 5 and status["trials"]["succeeded"] == 5
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == [f"restarts-t{i}" for i in range(5)]
+    for job in jobs:  # each trial ran in exactly one pod of one Job
+        assert job["status"].get("succeeded") == 1 and not job["status"].get("failed")
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    stored = ConfigMapStore(core, namespace, "restarts").load()
+    assert stored is not None and sorted(stored.state.trials) == [0, 1, 2, 3, 4]
+    assert all(t.status == "succeeded" and t.metrics for t in stored.state.trials.values())
