@@ -200,3 +200,46 @@ def test_sigkilled_operator_restarts_without_running_a_trial_twice_or_losing_one
     stored = ConfigMapStore(core, namespace, "restarts").load()
     assert stored is not None and sorted(stored.state.trials) == [0, 1, 2, 3, 4]
     assert all(t.status == "succeeded" and t.metrics for t in stored.state.trials.values())
+
+
+def test_a_bad_object_is_refused_by_the_api_server_itself(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    doc = _small_experiment("refused")
+    doc["spec"]["objectives"][0]["goal"] = "up"  # the schema's enum
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert refused.returncode != 0
+    assert 'spec.objectives[0].goal: Unsupported value: "up"' in refused.stderr
+    doc = _small_experiment("refused")
+    doc["spec"]["budget"]["parallelism"] = 10  # above maxTrials: a CEL rule
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert refused.returncode != 0 and "budget.parallelism must not exceed maxTrials" in refused.stderr
+    immutable = _small_experiment("immutable")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(immutable))
+    immutable["spec"]["objectives"][1]["threshold"] = 1
+    changed = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(immutable), check=False)
+    assert changed.returncode != 0 and "spec.objectives is immutable" in changed.stderr
+    immutable["spec"]["objectives"][1]["threshold"] = 12000
+    immutable["spec"]["budget"]["maxTrials"] = 4  # the budget may change
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(immutable))
+
+
+def test_failing_trials_past_the_rate_end_the_experiment_failed(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    doc = _small_experiment("failing")
+    doc["spec"]["budget"].update(maxTrials=6, parallelism=2, minFailedTrials=2, maxFailureRate=0.5)
+    doc["spec"]["metrics"] = {"source": "terminationMessage"}
+    doc["spec"]["trial"]["command"] = ["python", "-c"]
+    doc["spec"]["trial"]["args"] = ["import sys; print('diverged at lr {learning_rate}'); sys.exit(1)"]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "failing", "Failed", operator, timeout=240)
+    assert status["reason"] == "FailureRateExceeded"
+    assert status["trials"]["failed"] >= 2 and status["trials"]["total"] < 6
+    events = json.loads(
+        cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector=involvedObject.name=failing", "-o", "json"
+        ).stdout
+    )["items"]
+    failures = [e["message"] for e in events if e["reason"] == "TrialFailed"]
+    assert failures and all("exit code 1" in m and "diverged at lr" in m for m in failures), failures
