@@ -116,11 +116,21 @@ def _wait_phase(cluster: ControlPlane, namespace: str, name: str, phase: str, lo
     raise AssertionError(f"{name} not {phase}: {status}\noperator log:\n{log.read_text()[-4000:]}")
 
 
+def _nasctl(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-m", "nas_operator.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_an_experiment_runs_to_succeeded_through_real_jobs(
-    cluster: ControlPlane, namespace: str, operator: Path
+    cluster: ControlPlane, namespace: str, operator: Path, tmp_path: Path
 ) -> None:
     doc = _small_experiment("digits-small")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    spec_file = tmp_path / "digits-small.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
+    created = _nasctl(cluster, "apply", str(spec_file), "-n", namespace)
+    assert created.returncode == 0 and "created" in created.stdout, created.stderr
     status = _wait_phase(cluster, namespace, "digits-small", "Succeeded", operator)
     assert status["reason"] == "BudgetExhausted"
     assert status["trials"]["total"] == 3 and status["trials"]["succeeded"] == 3
@@ -138,6 +148,14 @@ def test_an_experiment_runs_to_succeeded_through_real_jobs(
     spec = load_spec(doc["spec"])
     expected = [stored.state.trials[i].name for i in pareto_indices(spec, stored.state.results())]
     assert [p["trial"] for p in status["paretoFront"]] == expected
+
+    shown = _nasctl(cluster, "status", "digits-small", "-n", namespace)
+    assert shown.returncode == 0 and "Succeeded BudgetExhausted" in shown.stdout and "trials 3/3" in shown.stdout
+    front = _nasctl(cluster, "pareto", "digits-small", "-n", namespace, "--plot", str(tmp_path / "front.png"))
+    assert front.returncode == 0 and "Pareto front of digits-small" in front.stdout
+    assert (tmp_path / "front.png").stat().st_size > 10_000
+    again = _nasctl(cluster, "apply", str(spec_file), "-n", namespace)
+    assert again.returncode == 1 and "exists" in again.stderr
 
     table = cluster.kubectl("get", "nasx", "-n", namespace).stdout
     assert "Succeeded" in table.splitlines()[1] and "HYPERVOLUME" in table.splitlines()[0]
@@ -203,8 +221,14 @@ def test_sigkilled_operator_restarts_without_running_a_trial_twice_or_losing_one
 
 
 def test_a_bad_object_is_refused_by_the_api_server_itself(
-    cluster: ControlPlane, namespace: str, operator: Path
+    cluster: ControlPlane, namespace: str, operator: Path, tmp_path: Path
 ) -> None:
+    doc = _small_experiment("refused")
+    doc["spec"]["outcomeConstraints"] = ["nope <= 1"]
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(yaml.safe_dump(doc))
+    checked = _nasctl(cluster, "apply", str(bad_file), "-n", namespace)  # nasctl checks before it sends
+    assert checked.returncode == 1 and 'spec.outcomeConstraints[0]: unknown metric "nope"' in checked.stderr
     doc = _small_experiment("refused")
     doc["spec"]["objectives"][0]["goal"] = "up"  # the schema's enum
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)

@@ -117,5 +117,131 @@ def run(file: Path, results: Path | None, fresh: bool, no_progress: bool, lookah
         sys.exit(1)
 
 
+# ------------------------------------------------------------------------------------ cluster
+
+
+def _kube(context: str | None) -> Any:
+    from kubernetes import client, config
+
+    loader: Any = config  # untyped in the client's stubs
+    try:
+        loader.load_kube_config(context=context)
+    except config.ConfigException:
+        loader.load_incluster_config()
+    return client.ApiClient()
+
+
+def _current_namespace(namespace: str | None) -> str:
+    if namespace:
+        return namespace
+    from kubernetes import config
+
+    loader: Any = config  # untyped in the client's stubs
+    try:
+        _, active = loader.list_kube_config_contexts()
+        return str(active["context"].get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
+def _get_experiment(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+
+    custom: Any = client.CustomObjectsApi(api)
+    try:
+        obj: dict[str, Any] = custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        raise click.ClickException(f"NASExperiment {namespace}/{name}: {exc.reason}") from None
+    return obj
+
+
+namespace_option = click.option("-n", "--namespace", default=None, help="Namespace [default: the kubeconfig's].")
+context_option = click.option("--context", default=None, help="kubeconfig context.")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@namespace_option
+@context_option
+def apply(file: Path, namespace: str | None, context: str | None) -> None:
+    """Validate a NASExperiment file, then create it on the cluster."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+
+    experiment = load_experiment_file(file)
+    target = namespace or experiment.metadata.namespace or _current_namespace(None)
+    body = experiment.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body["metadata"]["namespace"] = target
+    api = _kube(context)
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(API_GROUP, API_VERSION, target, PLURAL, body)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise click.ClickException(
+                f"NASExperiment {target}/{experiment.metadata.name} exists; change its budget with kubectl apply"
+            ) from None
+        raise click.ClickException(f"the API server refused it: {exc.body}") from None
+    click.echo(f"nasexperiment.nas.operator.dev/{experiment.metadata.name} created in {target}")
+
+
+@main.command()
+@click.argument("name")
+@namespace_option
+@context_option
+def status(name: str, namespace: str | None, context: str | None) -> None:
+    """Phase, trial counts, hypervolume and conditions of an experiment on the cluster."""
+    namespace = _current_namespace(namespace)
+    obj = _get_experiment(_kube(context), namespace, name)
+    st = obj.get("status") or {}
+    trials = st.get("trials") or {}
+    budget = obj["spec"]["budget"]["maxTrials"]
+    click.echo(f"{namespace}/{name}: {st.get('phase', 'Pending')} {st.get('reason', '')}".rstrip())
+    if st.get("message"):
+        click.echo(f"  {st['message']}")
+    click.echo(
+        f"  trials {trials.get('total', 0)}/{budget}: {trials.get('running', 0)} running, "
+        f"{trials.get('succeeded', 0)} succeeded, {trials.get('failed', 0)} failed, {trials.get('stopped', 0)} stopped"
+    )
+    hv = st.get("hypervolume")
+    click.echo(f"  Pareto front: {st.get('paretoSize', 0)} trials, hypervolume {hv if hv is None else f'{hv:.6g}'}")
+    for condition in st.get("conditions") or []:
+        click.echo(
+            f"  {condition['type']}={condition['status']} {condition.get('reason', '')} "
+            f"{condition.get('lastTransitionTime', '')}"
+        )
+
+
+@main.command()
+@click.argument("name")
+@namespace_option
+@context_option
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write the Pareto plot (PNG).")
+def pareto(name: str, namespace: str | None, context: str | None, plot: Path | None) -> None:
+    """The Pareto front of an experiment on the cluster, as a table (and a plot of every trial)."""
+    from kubernetes import client
+
+    from nas_operator.results import plot_pareto_png
+    from nas_operator.runner import pareto_table
+    from nas_operator.spec_checks import load_experiment
+    from nas_operator.store import ConfigMapStore
+
+    namespace = _current_namespace(namespace)
+    api = _kube(context)
+    obj = _get_experiment(api, namespace, name)
+    experiment = load_experiment({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    stored = ConfigMapStore(client.CoreV1Api(api), namespace, name).load()
+    if stored is None:
+        raise click.ClickException(f"{namespace}/{name} has no saved state yet")
+    Console().print(pareto_table(experiment, stored.state))
+    if plot is not None:
+        plot_pareto_png(experiment.spec, stored.state, plot)
+        click.echo(f"plot written to {plot}")
+
+
 if __name__ == "__main__":
     main()
