@@ -30,14 +30,14 @@ CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
 class OperatorProcess:
     """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching one namespace."""
 
-    def __init__(self, cluster: ControlPlane, namespace: str, logs: Path, log_file: Path) -> None:
+    def __init__(self, cluster: ControlPlane, namespaces: list[str], logs: Path, log_file: Path) -> None:
         self.command = [
             str(Path(sys.executable).parent / "kopf"),
             "run",
             "-m",
             "nas_operator.handlers",
             "--standalone",
-            f"--namespace={namespace}",
+            *[f"--namespace={namespace}" for namespace in namespaces],
         ]
         self.env = {
             **os.environ,
@@ -74,12 +74,15 @@ def operator_process(cluster: ControlPlane, namespace: str, tmp_path: Path) -> I
     logs = tmp_path / "logs"
     logs.mkdir()
     _pv_and_claim(cluster, namespace, logs)
-    process = OperatorProcess(cluster, namespace, logs, tmp_path / "operator.log")
+    second = f"{namespace}-b"
+    cluster.kubectl("create", "namespace", second)
+    process = OperatorProcess(cluster, [namespace, second], logs, tmp_path / "operator.log")
     process.start()
     try:
         yield process
     finally:
         process.stop()
+        cluster.kubectl("delete", "namespace", second, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -267,3 +270,50 @@ def test_failing_trials_past_the_rate_end_the_experiment_failed(
     )["items"]
     failures = [e["message"] for e in events if e["reason"] == "TrialFailed"]
     assert failures and all("exit code 1" in m and "diverged at lr" in m for m in failures), failures
+
+
+def _termination_message_experiment(name: str, max_trials: int) -> dict[str, Any]:
+    doc = _small_experiment(name)
+    doc["spec"]["budget"].update(maxTrials=max_trials, parallelism=2)
+    doc["spec"]["metrics"] = {"source": "terminationMessage"}
+    return doc
+
+
+def test_two_namespaces_progress_independently(cluster: ControlPlane, namespace: str, operator: Path) -> None:
+    second = f"{namespace}-b"
+    deadline = time.monotonic() + 60
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", second, check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for ns, trials in ((namespace, 2), (second, 3)):
+        doc = _termination_message_experiment("twin", trials)
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
+    first = _wait_phase(cluster, namespace, "twin", "Succeeded", operator)
+    other = _wait_phase(cluster, second, "twin", "Succeeded", operator)
+    assert (first["trials"]["total"], other["trials"]["total"]) == (2, 3)
+    for ns, count in ((namespace, 2), (second, 3)):
+        names = cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.split()
+        assert sorted(names) == [f"job.batch/twin-t{i}" for i in range(count)]
+
+
+def test_suspend_then_resume_then_raise_the_budget(cluster: ControlPlane, namespace: str, operator: Path) -> None:
+    doc = _termination_message_experiment("paused", 2)
+    doc["spec"]["suspend"] = True
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "paused", "Stopped", operator, timeout=120)
+    assert status["reason"] == "Suspended"
+    assert cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
+    cluster.kubectl("patch", "nasx", "paused", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    status = _wait_phase(cluster, namespace, "paused", "Succeeded", operator)
+    assert status["trials"]["total"] == 2
+    cluster.kubectl(
+        "patch", "nasx", "paused", "-n", namespace, "--type=merge", "-p", '{"spec": {"budget": {"maxTrials": 3}}}'
+    )
+    deadline = time.monotonic() + 300
+    while (status := _get(cluster, namespace, "paused")["status"])["trials"]["total"] != 3 or status["phase"] != (
+        "Succeeded"
+    ):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    names = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(names) == [f"job.batch/paused-t{i}" for i in range(3)]
