@@ -18,9 +18,11 @@ from kubernetes import client, config
 from nas_operator.pareto import pareto_indices
 from nas_operator.spec_checks import load_spec
 from nas_operator.store import ConfigMapStore
+from nas_operator.store_sql import SQLStore
 from tests.k8s.cluster import ControlPlane
 
 from .conftest import EXAMPLES, ROOT, load_yaml
+from .postgres import postgres_url  # noqa: F401  (fixture)
 from .test_cluster import _pv_and_claim
 
 pytestmark = pytest.mark.cluster
@@ -317,3 +319,22 @@ def test_suspend_then_resume_then_raise_the_budget(cluster: ControlPlane, namesp
         time.sleep(1)
     names = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(names) == [f"job.batch/paused-t{i}" for i in range(3)]
+
+
+def test_sql_storage_keeps_the_state_in_postgresql_and_the_finalizer_removes_it(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Path,
+    postgres_url: str,  # noqa: F811
+) -> None:
+    cluster.kubectl("create", "secret", "generic", "nas-db", "-n", namespace, f"--from-literal=url={postgres_url}")
+    doc = _termination_message_experiment("in-sql", 2)
+    doc["spec"]["storage"] = {"type": "sql", "secretRef": {"name": "nas-db", "key": "url"}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "in-sql", "Succeeded", operator)
+    assert status["trials"]["succeeded"] == 2
+    stored = SQLStore(postgres_url, namespace, "in-sql").load()
+    assert stored is not None and sorted(stored.state.trials) == [0, 1]
+    assert cluster.kubectl("get", "configmap", "in-sql-nas-state", "-n", namespace, check=False).returncode != 0
+    cluster.kubectl("delete", "nasx", "in-sql", "-n", namespace, "--timeout=60s")
+    assert SQLStore(postgres_url, namespace, "in-sql").load() is None

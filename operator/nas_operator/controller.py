@@ -7,6 +7,7 @@ pass the object's spec in and patch the status it returns.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from nas_operator.spec_checks import Problem, SpecError, load_spec
 from nas_operator.state import LoopState, spec_fingerprint
 from nas_operator.status import build_status, timestamp
 from nas_operator.store import ConfigMapStore, StateTooLarge
+from nas_operator.store_sql import SQLStore
 from nas_operator.worker import ThreadedEngineWorker
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class ExperimentController:
         self.namespace, self.name, self.uid = namespace, name, uid
         self.owner = owner_reference(name, uid)
         self.metrics_root = Path(os.environ.get("NAS_METRICS_ROOT", TRIAL_LOG_MOUNT))
-        self.store = ConfigMapStore(self.core, namespace, name, owner_reference=self.owner)
+        self.store: ConfigMapStore | SQLStore | None = None
         self.loop: ExperimentLoop | None = None
         self.worker: ThreadedEngineWorker | None = None
         self.previous: NASExperimentStatus | None = None
@@ -89,10 +91,25 @@ class ExperimentController:
         self.previous = status
         return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
+        """The store the spec names: the experiment's ConfigMap, or a database whose URL is in a Secret."""
+        if spec.storage.type != "sql":
+            return ConfigMapStore(self.core, self.namespace, self.name, owner_reference=self.owner)
+        reference = spec.storage.secret_ref
+        assert reference is not None  # spec_checks requires it for sql
+        secret = self.core.read_namespaced_secret(reference.name, self.namespace)
+        encoded = (secret.data or {}).get(reference.key)
+        if encoded is None:
+            raise SpecError(
+                [Problem("spec.storage.secretRef.key", f'Secret {reference.name} has no key "{reference.key}"')]
+            )
+        return SQLStore(base64.b64decode(encoded).decode(), self.namespace, self.name)
+
     def _loop(self, spec: NASExperimentSpec) -> ExperimentLoop:
         if self.loop is not None:
             return self.loop
         fingerprint = spec_fingerprint(spec)
+        self.store = self._open_store(spec)
         stored = self.store.load()
         if stored is None:
             state = LoopState(experiment=self.name, fingerprint=fingerprint)
@@ -150,6 +167,12 @@ class ExperimentController:
         if self.worker is not None:
             self.worker.close()
 
-    def delete_state(self) -> None:
+    def delete_state(self, spec_document: dict[str, Any]) -> None:
+        """Remove the stored state (the finalizer's job); a spec too broken to name its store has none."""
         self.close()
+        if self.store is None:
+            try:
+                self.store = self._open_store(load_spec(spec_document))
+            except SpecError:
+                return
         self.store.delete()

@@ -69,8 +69,8 @@ async def reconcile(
 
 
 @kopf.on.delete(*RESOURCE)
-async def delete(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+async def delete(spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any) -> None:
     """Trials go with their owner (Jobs carry owner references); the state is removed here."""
     assert namespace is not None
     controller = CONTROLLERS.pop((namespace, name), None) or ExperimentController(_api_client(), namespace, name, uid)
-    await asyncio.to_thread(controller.delete_state)
+    await asyncio.to_thread(controller.delete_state, dict(spec))

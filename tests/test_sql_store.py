@@ -1,0 +1,47 @@
+"""The SQL state store against a real PostgreSQL started on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nas_operator.state import LoopState, TrialRecord
+from nas_operator.store import CONFIGMAP_STATE_LIMIT
+from nas_operator.store_sql import SQLStore, StoreConflict
+
+from .postgres import postgres_url  # noqa: F401  (fixture)
+
+
+def _state(trials: int) -> LoopState:
+    state = LoopState("exp", "fingerprint")
+    for i in range(trials):
+        state.trials[i] = TrialRecord(i, f"exp-t{i}", {"x": i}, "Sobol", status="succeeded", metrics={"f": 0.5})
+    return state
+
+
+def test_round_trip_conflicts_and_delete(postgres_url: str) -> None:  # noqa: F811
+    store = SQLStore(postgres_url, "team-a", "exp")
+    assert store.load() is None
+    store.save(_state(2), {"engine": 1})
+    store.save(_state(3), {"engine": 2})
+    reader = SQLStore(postgres_url, "team-a", "exp")
+    loaded = reader.load()
+    assert loaded is not None and sorted(loaded.state.trials) == [0, 1, 2] and loaded.engine == {"engine": 2}
+    assert SQLStore(postgres_url, "team-b", "exp").load() is None  # namespaced
+    store.save(_state(4), {})
+    with pytest.raises(StoreConflict, match="changed since version 2"):
+        reader.save(_state(4), {})
+    with pytest.raises(StoreConflict, match="exists already"):
+        SQLStore(postgres_url, "team-a", "exp").save(_state(1), {})
+    store.delete()
+    assert SQLStore(postgres_url, "team-a", "exp").load() is None
+
+
+def test_holds_states_a_configmap_cannot(postgres_url: str) -> None:  # noqa: F811
+    store = SQLStore(postgres_url, "team-a", "large")
+    big = {"noise": os.urandom(2 * CONFIGMAP_STATE_LIMIT).hex()}
+    store.save(_state(1), big)
+    assert store.last_size > CONFIGMAP_STATE_LIMIT
+    loaded = SQLStore(postgres_url, "team-a", "large").load()
+    assert loaded is not None and loaded.engine == big
