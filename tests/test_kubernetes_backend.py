@@ -62,7 +62,12 @@ def test_quantities() -> None:
 
 
 def test_job_manifest_from_a_torchx_role() -> None:
-    spec = _spec(resources={"cpu": "2", "memory": "4Gi", "gpu": 1}, serviceAccountName="trainer", retries=2)
+    spec = _spec(
+        resources={"cpu": "2", "memory": "4Gi", "gpu": 1},
+        serviceAccountName="trainer",
+        retries=2,
+        mounts=["type=volume,src=datasets,dst=/data,readonly", "type=bind,src=/mnt/cache,dst=/cache"],
+    )
     owner = {
         "apiVersion": "nas.operator.dev/v1alpha1",
         "kind": "NASExperiment",
@@ -101,8 +106,11 @@ def test_job_manifest_from_a_torchx_role() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["NAS_TRIAL_NAME"] == "digits-mlp-t3" and env["OMP_NUM_THREADS"] == "1"
     claim = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-    assert claim[0]["persistentVolumeClaim"]["claimName"] == "shared"
-    assert {"mountPath": "/nas-logs", "name": claim[0]["name"], "readOnly": False} in container["volumeMounts"]
+    by_claim = {v["persistentVolumeClaim"]["claimName"]: v["name"] for v in claim}
+    assert {"mountPath": "/nas-logs", "name": by_claim["shared"], "readOnly": False} in container["volumeMounts"]
+    assert {"mountPath": "/data", "name": by_claim["datasets"], "readOnly": True} in container["volumeMounts"]
+    host = [v for v in pod["volumes"] if "hostPath" in v]
+    assert host[0]["hostPath"]["path"] == "/mnt/cache"
 
 
 def _wait(backend: KubernetesBackend, trial: TrialRecord, cluster: ControlPlane, timeout: float = 240) -> Observation:

@@ -184,10 +184,16 @@ def test_a_semantically_wrong_spec_fails_with_invalid_spec_and_the_field(
     doc = _small_experiment("bad-metric")
     doc["spec"]["outcomeConstraints"] = ["latency_ms <= 5"]  # passes the schema, names no metric
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    good = _termination_message_experiment("good-neighbour", 2)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(good))
     status = _wait_phase(cluster, namespace, "bad-metric", "Failed", operator, timeout=120)
     assert status["reason"] == "InvalidSpec"
     assert 'spec.outcomeConstraints[0]: unknown metric "latency_ms"' in status["message"]
-    assert cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip() == ""
+    # the operator keeps serving the other experiment
+    assert _wait_phase(cluster, namespace, "good-neighbour", "Succeeded", operator)["trials"]["succeeded"] == 2
+    jobs = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
+    assert all(name.startswith("job.batch/good-neighbour-") for name in jobs)
+    cluster.kubectl("delete", "nasx", "bad-metric", "-n", namespace, "--timeout=60s")  # no state: no hang
 
 
 def test_sigkilled_operator_restarts_without_running_a_trial_twice_or_losing_one(
@@ -338,3 +344,26 @@ def test_sql_storage_keeps_the_state_in_postgresql_and_the_finalizer_removes_it(
     assert cluster.kubectl("get", "configmap", "in-sql-nas-state", "-n", namespace, check=False).returncode != 0
     cluster.kubectl("delete", "nasx", "in-sql", "-n", namespace, "--timeout=60s")
     assert SQLStore(postgres_url, namespace, "in-sql").load() is None
+
+
+def test_deleting_a_running_experiment_removes_its_jobs_and_state(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    doc = _termination_message_experiment("doomed", 4)
+    doc["spec"]["trial"]["command"] = ["python", "-c"]
+    doc["spec"]["trial"]["args"] = ["import time; time.sleep(300)"]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    deadline = time.monotonic() + 120
+    while _get(cluster, namespace, "doomed").get("status", {}).get("trials", {}).get("running", 0) < 2:
+        assert time.monotonic() < deadline, operator.read_text()[-3000:]
+        time.sleep(0.5)
+    cluster.kubectl("delete", "nasx", "doomed", "-n", namespace, "--timeout=90s")
+    deadline = time.monotonic() + 90
+    while (
+        cluster.kubectl(
+            "get", "jobs,pods,configmaps", "-n", namespace, "-l", "nas.operator.dev/experiment=doomed", "-o", "name"
+        ).stdout.strip()
+        or cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip()
+    ):
+        assert time.monotonic() < deadline, "Jobs, pods or state outlived the experiment"
+        time.sleep(0.5)

@@ -178,6 +178,11 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
         'spec.objectives[0].metric: "val/acc" must be a letter',
     ),
     (
+        "a malformed TorchX mount",
+        lambda d: d["spec"]["trial"].__setitem__("mounts", ["type=nfs,src=x,dst=/x"]),
+        'spec.trial.mounts[0]: "type=nfs,src=x,dst=/x": type must be bind, volume or device',
+    ),
+    (
         "an invalid experiment name",
         lambda d: d["metadata"].update(name="Digits_MLP"),
         "metadata.name: must be a lowercase RFC 1123 name",

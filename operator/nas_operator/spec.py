@@ -142,6 +142,11 @@ class TrialTemplate(SpecModel):
     env: list[EnvVar] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     service_account_name: str | None = None
+    mounts: list[str] = Field(
+        default_factory=list,
+        description='Extra volumes in TorchX mount syntax, e.g. "type=volume,src=datasets,dst=/data,readonly" '
+        '(a PersistentVolumeClaim) or "type=bind,src=/mnt/cache,dst=/cache" (a hostPath).',
+    )
     retries: int = Field(default=0, ge=0, description="Times a failed trial is retried before it counts as failed.")
 
 

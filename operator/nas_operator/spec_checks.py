@@ -228,6 +228,21 @@ def _constraint_parameter_problem(p: Parameter | None, name: str) -> str | None:
     return None
 
 
+def _mount_problem(mount: str) -> str | None:
+    """Why a TorchX mount string is malformed, if it is (TorchX parses it for real when the Job is built)."""
+    fields: dict[str, str] = {}
+    for item in mount.split(","):
+        key, _, value = item.strip().partition("=")
+        fields[key] = value
+    if fields.get("type") not in ("bind", "volume", "device"):
+        return f'"{mount}": type must be bind, volume or device'
+    if not fields.get("src"):
+        return f'"{mount}": src is required'
+    if fields["type"] != "device" and not fields.get("dst"):
+        return f'"{mount}": dst is required'
+    return None
+
+
 def _duplicates(names: Iterable[str]) -> set[str]:
     return {name for name, count in Counter(names).items() if count > 1}
 
@@ -343,6 +358,10 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
         for name in names:
             if name not in allowed:
                 problems.append(Problem(path, f'placeholder "{{{name}}}" names no parameter'))
+    for i, mount in enumerate(spec.trial.mounts):
+        problem = _mount_problem(mount)
+        if problem:
+            problems.append(Problem(f"{root}.trial.mounts[{i}]", problem))
     for name in sorted(_duplicates(e.name for e in spec.trial.env)):
         problems.append(Problem(f"{root}.trial.env", f'duplicate variable "{name}"'))
 

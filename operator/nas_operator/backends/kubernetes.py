@@ -83,7 +83,7 @@ def build_job(
         memMB=parse_memory_mb(resources.memory) if resources.memory else 1024,
     )
     env = dict(launch.env)
-    mounts: list[specs.VolumeMount] = []
+    mounts: list[Any] = [m for text in template.mounts for m in specs.parse_mounts(text.split(","))]
     if spec.metrics.source == "tensorboard" and spec.metrics.claim_name:
         mounts.append(specs.VolumeMount(src=spec.metrics.claim_name, dst_path=TRIAL_LOG_MOUNT, read_only=False))
     if spec.metrics.source == "terminationMessage":
