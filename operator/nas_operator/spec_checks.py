@@ -249,56 +249,55 @@ def _duplicates(names: Iterable[str]) -> set[str]:
 
 def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
     """Every rule between fields that pydantic's types cannot state."""
-    problems: list[Problem] = []
+    return [
+        *_check_parameters(spec, root),
+        *_check_metrics(spec, root),
+        *_check_budget(spec, root),
+        *_check_trial(spec, root),
+    ]
+
+
+def _check_parameters(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     params = {p.name: p for p in spec.parameters}
-
     for i, p in enumerate(spec.parameters):
-        problems.extend(_check_parameter(p, f"{root}.parameters[{i}]"))
+        yield from _check_parameter(p, f"{root}.parameters[{i}]")
     for name in sorted(_duplicates(p.name for p in spec.parameters)):
-        problems.append(Problem(f"{root}.parameters", f'duplicate parameter name "{name}"'))
+        yield Problem(f"{root}.parameters", f'duplicate parameter name "{name}"')
     if all(p.type == "fixed" for p in spec.parameters):
-        problems.append(Problem(f"{root}.parameters", "needs at least one range or choice parameter to search"))
-
+        yield Problem(f"{root}.parameters", "needs at least one range or choice parameter to search")
     for i, text in enumerate(spec.parameter_constraints):
         path = f"{root}.parameterConstraints[{i}]"
         try:
             constraint = parse_parameter_constraint(text)
         except ValueError as exc:
-            problems.append(Problem(path, str(exc)))
+            yield Problem(path, str(exc))
             continue
         for name in constraint.coefficients:
             problem = _constraint_parameter_problem(params.get(name), name)
             if problem:
-                problems.append(Problem(path, problem))
+                yield Problem(path, problem)
 
+
+def _check_metrics(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     # Metric names appear in the model's objective expressions; TensorBoard tags may hold anything.
-    for i, objective in enumerate(spec.objectives):
-        if not NAME_PATTERN.match(objective.metric):
-            problems.append(
-                Problem(
-                    f"{root}.objectives[{i}].metric",
-                    f'"{objective.metric}" must be a letter or _ followed by letters, digits or _ '
-                    "(map a tag such as val/acc to it in metrics.definitions)",
-                )
-            )
-    for i, definition in enumerate(spec.metrics.definitions):
-        if not NAME_PATTERN.match(definition.name):
-            problems.append(
-                Problem(
-                    f"{root}.metrics.definitions[{i}].name",
-                    f'"{definition.name}" must be a letter or _ followed by letters, digits or _',
-                )
+    named = [(f"{root}.objectives[{i}].metric", o.metric) for i, o in enumerate(spec.objectives)]
+    named += [(f"{root}.metrics.definitions[{i}].name", d.name) for i, d in enumerate(spec.metrics.definitions)]
+    for path, name in named:
+        if not NAME_PATTERN.match(name):
+            yield Problem(
+                path,
+                f'"{name}" must be a letter or _ followed by letters, digits or _ '
+                "(map a tag such as val/acc to it in metrics.definitions)",
             )
     objective_metrics = [o.metric for o in spec.objectives]
     for name in sorted(_duplicates(objective_metrics)):
-        problems.append(Problem(f"{root}.objectives", f'metric "{name}" appears in more than one objective'))
+        yield Problem(f"{root}.objectives", f'metric "{name}" appears in more than one objective')
     for i, objective in enumerate(spec.objectives):
         if objective.threshold is not None and not math.isfinite(objective.threshold):
-            problems.append(Problem(f"{root}.objectives[{i}].threshold", "must be a finite number"))
-
+            yield Problem(f"{root}.objectives[{i}].threshold", "must be a finite number")
     defined = [d.name for d in spec.metrics.definitions]
     for name in sorted(_duplicates(defined)):
-        problems.append(Problem(f"{root}.metrics.definitions", f'duplicate metric "{name}"'))
+        yield Problem(f"{root}.metrics.definitions", f'duplicate metric "{name}"')
     known_metrics = set(defined) | set(objective_metrics)
     constrained: list[str] = []
     for i, text in enumerate(spec.outcome_constraints):
@@ -306,20 +305,18 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
         try:
             outcome = parse_outcome_constraint(text)
         except ValueError as exc:
-            problems.append(Problem(path, str(exc)))
+            yield Problem(path, str(exc))
             continue
         constrained.append(outcome.metric)
         if outcome.metric in objective_metrics:
-            problems.append(
-                Problem(path, f'"{outcome.metric}" is an objective: give its bound as the objective\'s threshold')
-            )
+            yield Problem(path, f'"{outcome.metric}" is an objective: give its bound as the objective\'s threshold')
         elif outcome.metric not in known_metrics:
-            problems.append(
-                Problem(path, f'unknown metric "{outcome.metric}": declare it in {root}.metrics.definitions')
-            )
+            yield Problem(path, f'unknown metric "{outcome.metric}": declare it in {root}.metrics.definitions')
     for name in sorted(_duplicates(constrained)):
-        problems.append(Problem(f"{root}.outcomeConstraints", f'metric "{name}" is constrained more than once'))
+        yield Problem(f"{root}.outcomeConstraints", f'metric "{name}" is constrained more than once')
 
+
+def _check_budget(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     budget = spec.budget
     for field, alias in (("max_duration", "maxDuration"), ("trial_timeout", "trialTimeout")):
         value = getattr(budget, field)
@@ -327,24 +324,22 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
             try:
                 parse_duration(value)
             except ValueError as exc:
-                problems.append(Problem(f"{root}.budget.{alias}", str(exc)))
+                yield Problem(f"{root}.budget.{alias}", str(exc))
     if budget.parallelism > budget.max_trials:
-        problems.append(
-            Problem(
-                f"{root}.budget.parallelism",
-                f"must not exceed maxTrials ({budget.parallelism} > {budget.max_trials})",
-            )
+        yield Problem(
+            f"{root}.budget.parallelism", f"must not exceed maxTrials ({budget.parallelism} > {budget.max_trials})"
         )
     initial = spec.algorithm.initial_trials
     if initial is not None and initial > budget.max_trials:
-        problems.append(
-            Problem(
-                f"{root}.budget.maxTrials",
-                f"must be at least algorithm.initialTrials ({budget.max_trials} < {initial})",
-            )
+        yield Problem(
+            f"{root}.budget.maxTrials", f"must be at least algorithm.initialTrials ({budget.max_trials} < {initial})"
         )
+    if spec.storage.type == "sql" and spec.storage.secret_ref is None:
+        yield Problem(f"{root}.storage.secretRef", "is required when storage.type is sql")
 
-    allowed = set(params) | RESERVED_PLACEHOLDERS
+
+def _check_trial(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
+    allowed = {p.name for p in spec.parameters} | RESERVED_PLACEHOLDERS
     templates = [("command", i, t) for i, t in enumerate(spec.trial.command)]
     templates += [("args", i, t) for i, t in enumerate(spec.trial.args)]
     templates += [("env", i, e.value) for i, e in enumerate(spec.trial.env)]
@@ -353,21 +348,17 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
         try:
             names = placeholders(template)
         except ValueError as exc:
-            problems.append(Problem(path, str(exc)))
+            yield Problem(path, str(exc))
             continue
         for name in names:
             if name not in allowed:
-                problems.append(Problem(path, f'placeholder "{{{name}}}" names no parameter'))
+                yield Problem(path, f'placeholder "{{{name}}}" names no parameter')
     for i, mount in enumerate(spec.trial.mounts):
         problem = _mount_problem(mount)
         if problem:
-            problems.append(Problem(f"{root}.trial.mounts[{i}]", problem))
+            yield Problem(f"{root}.trial.mounts[{i}]", problem)
     for name in sorted(_duplicates(e.name for e in spec.trial.env)):
-        problems.append(Problem(f"{root}.trial.env", f'duplicate variable "{name}"'))
-
-    if spec.storage.type == "sql" and spec.storage.secret_ref is None:
-        problems.append(Problem(f"{root}.storage.secretRef", "is required when storage.type is sql"))
-    return problems
+        yield Problem(f"{root}.trial.env", f'duplicate variable "{name}"')
 
 
 def load_experiment(document: Mapping[str, Any]) -> NASExperiment:
