@@ -126,7 +126,6 @@ class ExperimentLoop:
     def update_spec(self, spec: NASExperimentSpec) -> None:
         """Take a new spec whose frozen parts are unchanged (budget, trial template, suspend)."""
         self.spec = spec
-        self.lookahead = max(self.lookahead, 0)
         self._reopen_if_allowed(self.clock())
 
     def step(self) -> bool:

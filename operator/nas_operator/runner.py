@@ -90,7 +90,6 @@ def run_local(
     lookahead: int | None = None,
     background_generation: bool = True,
     workdir: Path | None = None,
-    max_steps: int | None = None,
 ) -> RunOutcome:
     console = console or Console()
     spec = experiment.spec
@@ -131,16 +130,12 @@ def run_local(
     start = time.monotonic()
     interrupted = False
     task = progress.add_task("search", total=spec.budget.max_trials, name=state.experiment, detail="")
-    steps = 0
     try:
         with progress, _sigterm_as_interrupt():
             while not loop.finished:
                 loop.step()
                 done = state.count("succeeded", "failed", "stopped")
                 progress.update(task, completed=done, detail=_detail(loop))
-                steps += 1
-                if max_steps is not None and steps >= max_steps:
-                    raise _Interrupted()
                 if not loop.finished:
                     time.sleep(POLL_SECONDS)
             # The last results were posted to the engine; let it apply them so the saved
