@@ -43,6 +43,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.watching.server_timeout = 60  # a stalled watch is dropped and re-established
     settings.watching.client_timeout = 90
+    # A deleted experiment's timer may be mid-step; Kopf releases the finalizer only once it has
+    # stopped, checking every `cancellation_polling` seconds (60 by default: deletion took a minute).
+    settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = int(os.environ.get("NAS_MAX_WORKERS", "8"))
 
