@@ -100,8 +100,12 @@ def test_interrupt_then_resume_runs_each_trial_exactly_once_to_a_result(tmp_path
         state = _state(results)
         if state:
             statuses = [t["status"] for t in state["trials"]]
-            if "succeeded" in statuses and "running" in statuses:
-                interrupted_running = [t["name"] for t in state["trials"] if t["status"] == "running"]
+            running = [t["name"] for t in state["trials"] if t["status"] == "running"]
+            # A trial is persisted as running just before its process starts (persist-before-launch); wait for
+            # the processes themselves so that the interrupt below has something to kill.
+            launched = all((results / "trials" / name / "attempt-0" / "pid").exists() for name in running)
+            if "succeeded" in statuses and running and launched:
+                interrupted_running = running
                 break
         time.sleep(0.2)
     assert interrupted_running, "never saw a finished and a running trial together"
@@ -114,8 +118,12 @@ def test_interrupt_then_resume_runs_each_trial_exactly_once_to_a_result(tmp_path
     assert state is not None and (state["phase"], state["reason"]) == ("Stopped", "Interrupted")
     killed = {t["name"] for t in state["trials"] if t["status"] == "queued" and t["attempt"] == 1}
     assert killed, state["trials"]
+    assert set(interrupted_running) <= killed, (interrupted_running, state["trials"])
     for name in killed:  # their processes are gone, not orphaned
-        pid = int((results / "trials" / name / "attempt-0" / "pid").read_text())
+        pid_file = results / "trials" / name / "attempt-0" / "pid"
+        if name not in interrupted_running and not pid_file.exists():
+            continue  # persisted as running after the snapshot above, interrupted before its launch
+        pid = int(pid_file.read_text())
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
     resumed = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)

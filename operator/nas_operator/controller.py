@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from nas_operator.state import LoopState, spec_fingerprint
 from nas_operator.status import build_status, timestamp
 from nas_operator.store import ConfigMapStore, StateTooLarge
 from nas_operator.store_sql import SQLStore
+from nas_operator.telemetry import Telemetry
 from nas_operator.worker import ThreadedEngineWorker
 
 log = logging.getLogger(__name__)
+TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -39,9 +42,9 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def failed_status(reason: str, message: str, generation: int | None) -> dict[str, Any]:
+def failed_status(reason: str, message: str, generation: int | None) -> NASExperimentStatus:
     """A status for an experiment that cannot run at all (InvalidSpec, StateTooLarge)."""
-    status = NASExperimentStatus(
+    return NASExperimentStatus(
         phase="Failed",
         reason=reason,
         message=message,
@@ -56,11 +59,12 @@ def failed_status(reason: str, message: str, generation: int | None) -> dict[str
             }
         ],
     )
-    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class ExperimentController:
-    def __init__(self, api_client: Any, namespace: str, name: str, uid: str) -> None:
+    def __init__(
+        self, api_client: Any, namespace: str, name: str, uid: str, telemetry: Telemetry | None = None
+    ) -> None:
         from kubernetes import client
 
         self.api_client = api_client
@@ -72,9 +76,24 @@ class ExperimentController:
         self.loop: ExperimentLoop | None = None
         self.worker: ThreadedEngineWorker | None = None
         self.previous: NASExperimentStatus | None = None
+        self.telemetry = telemetry
 
     def step(self, spec_document: dict[str, Any], generation: int | None) -> dict[str, Any]:
         """One reconcile step; returns the status to patch."""
+        started = time.monotonic()
+        try:
+            status = self._step(spec_document, generation)
+        except Exception:
+            if self.telemetry is not None:
+                self.telemetry.count_error(self.namespace, self.name)
+            raise
+        if self.telemetry is not None:
+            self.telemetry.observe_step(self.namespace, self.name, time.monotonic() - started)
+            size = self.store.last_size if self.store is not None else 0
+            self.telemetry.observe_status(self.namespace, self.name, status, size)
+        return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def _step(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
         try:
             spec = load_spec(spec_document)
         except SpecError as exc:
@@ -89,7 +108,7 @@ class ExperimentController:
             return failed_status("InvalidSpec", str(exc), generation)
         status = build_status(spec, loop.state, generation, self.previous)
         self.previous = status
-        return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return status
 
     def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
         """The store the spec names: the experiment's ConfigMap, or a database whose URL is in a Secret."""
@@ -124,7 +143,7 @@ class ExperimentController:
             engine = Engine.restore(spec, stored.engine)
             reconcile_engine(engine, state)
         backend = KubernetesBackend(self.api_client, self.namespace, spec, self.owner, self.metrics_root)
-        self.worker = ThreadedEngineWorker(engine)
+        self.worker = ThreadedEngineWorker(engine, on_generation=self._generated)
         self.loop = ExperimentLoop(
             spec,
             state,
@@ -137,8 +156,21 @@ class ExperimentController:
         )
         return self.loop
 
+    def _generated(self, seconds: float, count: int) -> None:
+        if self.telemetry is not None:
+            self.telemetry.observe_generation(self.namespace, self.name, seconds)
+
+    def _observe_trial(self, event: Event) -> None:
+        outcome = TRIAL_OUTCOMES.get(event.reason)
+        if self.telemetry is None or outcome is None or self.loop is None:
+            return
+        for trial in self.loop.state.trials.values():
+            if trial.name == event.trial and trial.duration is not None:
+                self.telemetry.observe_trial(self.namespace, self.name, outcome, trial.duration)
+
     def _event(self, event: Event) -> None:
         """A Kubernetes Event on the experiment, as `kubectl describe nasx` lists them."""
+        self._observe_trial(event)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         message = f"{event.trial}: {event.message}" if event.trial else event.message
         body = {
@@ -170,6 +202,8 @@ class ExperimentController:
     def delete_state(self, spec_document: dict[str, Any]) -> None:
         """Remove the stored state (the finalizer's job); a spec too broken to name its store has none."""
         self.close()
+        if self.telemetry is not None:
+            self.telemetry.forget(self.namespace, self.name)
         if self.store is None:
             try:
                 self.store = self._open_store(load_spec(spec_document))

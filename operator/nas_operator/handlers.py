@@ -3,7 +3,8 @@
 Run with `kopf run -m nas_operator.handlers` (the operator image does). A timer per
 NASExperiment runs one reconcile step every few seconds in a worker thread, so one slow
 experiment (a model fit, a large state) never stalls the event loop or the others.
-Kopf's bookkeeping lives under our own annotation prefix and finalizer.
+Kopf's bookkeeping lives under our own annotation prefix and finalizer. Prometheus metrics
+are served on NAS_METRICS_PORT (default 8080); Kopf's liveness probe is `--liveness`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import kopf
 
 from nas_operator.controller import ExperimentController
 from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+from nas_operator.telemetry import Telemetry
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 STEP_SECONDS = float(os.environ.get("NAS_STEP_SECONDS", "2"))
 CONTROLLERS: dict[tuple[str, str], ExperimentController] = {}
+TELEMETRY = Telemetry()
 
 
 def _api_client() -> Any:
@@ -48,6 +51,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = int(os.environ.get("NAS_MAX_WORKERS", "8"))
+    port = int(os.environ.get("NAS_METRICS_PORT", "8080"))
+    if port:  # 0 turns the endpoint off
+        TELEMETRY.serve(port, os.environ.get("NAS_METRICS_ADDRESS", "0.0.0.0"))
 
 
 @kopf.timer(*RESOURCE, interval=STEP_SECONDS, sharp=False)
@@ -65,7 +71,9 @@ async def reconcile(
     key = (namespace, name)
     controller = CONTROLLERS.get(key)
     if controller is None or controller.uid != uid:
-        controller = CONTROLLERS[key] = ExperimentController(_api_client(), namespace, name, uid)
+        controller = CONTROLLERS[key] = ExperimentController(
+            _api_client(), namespace, name, uid, TELEMETRY
+        )
     new_status = await asyncio.to_thread(controller.step, dict(spec), meta.get("generation"))
     if {k: status.get(k) for k in new_status} != new_status:
         patch.status.update(new_status)
@@ -75,5 +83,7 @@ async def reconcile(
 async def delete(spec: kopf.Spec, namespace: str | None, name: str, uid: str, **_: Any) -> None:
     """Trials go with their owner (Jobs carry owner references); the state is removed here."""
     assert namespace is not None
-    controller = CONTROLLERS.pop((namespace, name), None) or ExperimentController(_api_client(), namespace, name, uid)
+    controller = CONTROLLERS.pop((namespace, name), None) or ExperimentController(
+        _api_client(), namespace, name, uid, TELEMETRY
+    )
     await asyncio.to_thread(controller.delete_state, dict(spec))

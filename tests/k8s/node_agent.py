@@ -70,6 +70,8 @@ class NodeAgent:
         self.node = node
         self.root = root
         self.pods: dict[str, RunningPod] = {}
+        self.starting: set[str] = set()
+        self.terminated: set[str] = set()  # deleted pods, so that a stale listing never starts one again
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -134,10 +136,19 @@ class NodeAgent:
             return
         if pod.status.phase in ("Succeeded", "Failed"):
             return
+        if pod.status.phase != "Pending":
+            return
+        # The watch and the resync thread both sync every pod: claim it under the lock so that only one of them
+        # starts its process (two would leave one process that no deletion ever kills).
         with self.lock:
-            known = uid in self.pods
-        if not known and pod.status.phase == "Pending":
+            if uid in self.pods or uid in self.starting or uid in self.terminated:
+                return
+            self.starting.add(uid)
+        try:
             self._start(pod)
+        finally:
+            with self.lock:
+                self.starting.discard(uid)
 
     def _volume_dirs(self, pod: Any, pod_dir: Path) -> dict[str, Path]:
         dirs: dict[str, Path] = {}
@@ -372,6 +383,7 @@ class NodeAgent:
         uid = pod.metadata.uid
         with self.lock:
             running = self.pods.pop(uid, None)
+            self.terminated.add(uid)
         if running is not None and running.process.poll() is None:
             log.info("killing %s/%s (pod deleted)", running.namespace, running.name)
             _kill_group(running.process)
@@ -387,10 +399,13 @@ class NodeAgent:
                 log.warning("delete %s: %s", pod.metadata.name, exc)
         shutil.rmtree(self.root / "pods" / uid, ignore_errors=True)
 
-    def forget_missing(self, live_uids: set[str]) -> None:
-        """Pods removed without a deletion we saw (a watch gap): kill what they left running."""
+    def forget_missing(self, known_before: set[str], live_uids: set[str]) -> None:
+        """Pods removed without a deletion we saw (a watch gap): kill what they left running.
+
+        Only pods known before the list was taken count: one the watch started since is not in that list.
+        """
         with self.lock:
-            gone = [uid for uid in self.pods if uid not in live_uids]
+            gone = [uid for uid in self.pods if uid in known_before and uid not in live_uids]
             removed = [self.pods.pop(uid) for uid in gone]
         for running in removed:
             if running.process.poll() is None:
@@ -401,10 +416,12 @@ class NodeAgent:
     def resync_forever(self) -> None:
         while not self.stopping.is_set():
             try:
+                with self.lock:
+                    known_before = set(self.pods)
                 pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
                 for pod in pods:
                     self.sync(pod)
-                self.forget_missing({p.metadata.uid for p in pods})
+                self.forget_missing(known_before, {p.metadata.uid for p in pods})
                 self.reap()
                 self.untaint()
             except Exception:

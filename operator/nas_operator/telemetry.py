@@ -1,0 +1,143 @@
+"""Prometheus metrics of the operator: what a platform team graphs and alerts on.
+
+Names follow Prometheus conventions (`nas_` prefix, base units, `_total` for counters).
+The controller reports into one `Telemetry` after every reconcile step; series of a
+deleted experiment are removed so that a dashboard never shows ghosts. The registry is
+our own (not the client's global one) so that tests can build as many as they like.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from nas_operator.spec import NASExperimentStatus
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
+TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped")
+# Trainings take minutes to hours; generation from sub-second (Sobol) to minutes (qNEHVI, many observations).
+TRIAL_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+Key = tuple[str, str]  # (namespace, experiment)
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._lock = threading.Lock()
+        self._phases: dict[Key, str] = {}
+        labels = ("namespace", "experiment")
+        self.experiments = Gauge(
+            "nas_experiments", "NASExperiments this operator reconciles, by phase", ("phase",), registry=self.registry
+        )
+        self.trials = Gauge(
+            "nas_trials", "Trials of an experiment by state", (*labels, "state"), registry=self.registry
+        )
+        self.trial_duration = Histogram(
+            "nas_trial_duration_seconds",
+            "Wall time of finished trials, from start to end",
+            (*labels, "outcome"),
+            buckets=TRIAL_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation = Histogram(
+            "nas_candidate_generation_seconds",
+            "Time the engine took to produce one batch of candidates (model fit and acquisition)",
+            labels,
+            buckets=GENERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.hypervolume = Gauge(
+            "nas_hypervolume",
+            "Hypervolume of the observed Pareto front above the objective thresholds",
+            labels,
+            registry=self.registry,
+        )
+        self.pareto_size = Gauge(
+            "nas_pareto_front_size", "Trials on the observed Pareto front", labels, registry=self.registry
+        )
+        self.state_bytes = Gauge(
+            "nas_state_bytes", "Size of the stored experiment state (gzip)", labels, registry=self.registry
+        )
+        self.reconcile_errors = Counter(
+            "nas_reconcile_errors", "Reconcile steps that raised an error", labels, registry=self.registry
+        )
+        self.reconcile_duration = Histogram(
+            "nas_reconcile_duration_seconds",
+            "Time of one reconcile step (model fitting runs in the background, not here)",
+            labels,
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        for phase in PHASES:  # a zero is a value: dashboards show 0, not "no data"
+            self.experiments.labels(phase=phase).set(0)
+
+    def observe_status(self, namespace: str, name: str, status: NASExperimentStatus, state_bytes: int) -> None:
+        labels = {"namespace": namespace, "experiment": name}
+        counts = status.trials
+        for state, value in zip(
+            TRIAL_STATES,
+            (counts.pending, counts.running, counts.succeeded, counts.failed, counts.stopped),
+            strict=True,
+        ):
+            self.trials.labels(**labels, state=state).set(value)
+        if status.hypervolume is not None:
+            self.hypervolume.labels(**labels).set(status.hypervolume)
+        self.pareto_size.labels(**labels).set(status.pareto_size or 0)
+        if state_bytes:
+            self.state_bytes.labels(**labels).set(state_bytes)
+        self.set_phase(namespace, name, status.phase)
+
+    def set_phase(self, namespace: str, name: str, phase: str) -> None:
+        with self._lock:
+            self._phases[(namespace, name)] = phase
+            self._publish_phases()
+
+    def observe_trial(self, namespace: str, name: str, outcome: str, seconds: float) -> None:
+        self.trial_duration.labels(namespace=namespace, experiment=name, outcome=outcome).observe(seconds)
+
+    def observe_generation(self, namespace: str, name: str, seconds: float) -> None:
+        self.generation.labels(namespace=namespace, experiment=name).observe(seconds)
+
+    def observe_step(self, namespace: str, name: str, seconds: float) -> None:
+        self.reconcile_duration.labels(namespace=namespace, experiment=name).observe(seconds)
+
+    def count_error(self, namespace: str, name: str) -> None:
+        self.reconcile_errors.labels(namespace=namespace, experiment=name).inc()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop every series of a deleted experiment."""
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+            self._publish_phases()
+        for metric, extra in self._labelled():
+            for value in extra:
+                try:
+                    metric.remove(namespace, name, *value)
+                except KeyError:
+                    pass
+
+    def _labelled(self) -> Iterable[tuple[Gauge | Counter | Histogram, list[tuple[str, ...]]]]:
+        yield self.trials, [(state,) for state in TRIAL_STATES]
+        yield self.trial_duration, [("succeeded",), ("failed",), ("stopped",)]
+        for metric in (
+            self.generation,
+            self.hypervolume,
+            self.pareto_size,
+            self.state_bytes,
+            self.reconcile_errors,
+            self.reconcile_duration,
+        ):
+            yield metric, [()]
+
+    def _publish_phases(self) -> None:
+        for phase in PHASES:
+            self.experiments.labels(phase=phase).set(sum(1 for p in self._phases.values() if p == phase))
+
+    def serve(self, port: int, address: str) -> None:
+        """Serve /metrics on a daemon thread (Kopf's own health endpoint is a different port)."""
+        start_http_server(port, addr=address, registry=self.registry)
