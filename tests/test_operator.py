@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from nas_operator.pareto import pareto_indices
 from nas_operator.spec_checks import load_spec
 from nas_operator.store import ConfigMapStore
 from nas_operator.store_sql import SQLStore
-from tests.k8s.cluster import ControlPlane
+from tests.k8s.cluster import ControlPlane, free_port
 
 from .conftest import EXAMPLES, ROOT, load_yaml
 from .postgres import postgres_url  # noqa: F401  (fixture)
@@ -30,10 +31,23 @@ CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
 
 
 class OperatorProcess:
-    """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching one namespace."""
+    """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching the given namespaces.
 
-    def __init__(self, cluster: ControlPlane, namespaces: list[str], logs: Path, log_file: Path) -> None:
-        self.command = [
+    Its Prometheus endpoint and Kopf's liveness endpoint listen on free loopback ports.
+    """
+
+    def __init__(
+        self,
+        cluster: ControlPlane,
+        namespaces: list[str],
+        logs: Path,
+        log_file: Path,
+        command: list[str] | None = None,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.command = command or [
             str(Path(sys.executable).parent / "kopf"),
             "run",
             "-m",
@@ -41,14 +55,22 @@ class OperatorProcess:
             "--standalone",
             *[f"--namespace={namespace}" for namespace in namespaces],
         ]
+        self.command.append(f"--liveness=http://127.0.0.1:{self.health_port}/healthz")
         self.env = {
             **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "NAS_METRICS_ROOT": str(logs),
             "NAS_STEP_SECONDS": "1",
+            "NAS_METRICS_PORT": str(self.metrics_port),
+            "NAS_METRICS_ADDRESS": "127.0.0.1",
         }
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
+
+    def scrape(self, path: str = "/metrics", port: int | None = None) -> str:
+        url = f"http://127.0.0.1:{port or self.metrics_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
 
     def start(self) -> None:
         with self.log_file.open("ab") as out:

@@ -71,9 +71,7 @@ async def reconcile(
     key = (namespace, name)
     controller = CONTROLLERS.get(key)
     if controller is None or controller.uid != uid:
-        controller = CONTROLLERS[key] = ExperimentController(
-            _api_client(), namespace, name, uid, TELEMETRY
-        )
+        controller = CONTROLLERS[key] = ExperimentController(_api_client(), namespace, name, uid, TELEMETRY)
     new_status = await asyncio.to_thread(controller.step, dict(spec), meta.get("generation"))
     if {k: status.get(k) for k in new_status} != new_status:
         patch.status.update(new_status)

@@ -8,6 +8,7 @@ our own (not the client's global one) so that tests can build as many as they li
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 
@@ -116,10 +117,8 @@ class Telemetry:
             self._publish_phases()
         for metric, extra in self._labelled():
             for value in extra:
-                try:
+                with contextlib.suppress(KeyError):  # never observed: nothing to remove
                     metric.remove(namespace, name, *value)
-                except KeyError:
-                    pass
 
     def _labelled(self) -> Iterable[tuple[Gauge | Counter | Histogram, list[tuple[str, ...]]]]:
         yield self.trials, [(state,) for state in TRIAL_STATES]

@@ -55,6 +55,16 @@ def ensure_binaries() -> Path:
     return cache_dir() / "bin"
 
 
+def servicemonitor_crd() -> Path:
+    """The Prometheus Operator's ServiceMonitor CRD, fetched from the Go module proxy once per machine."""
+    version = versions()["PROMETHEUS_OPERATOR_VERSION"]
+    base = Path(os.environ.get("NAS_TEST_CLUSTER_CACHE", Path.home() / ".cache" / "nas-operator"))
+    directory = base / "crds" / f"prometheus-operator-{version}"
+    if not (directory / ".complete").exists():
+        subprocess.run(["bash", str(ROOT / "hack" / "fetch-crds.sh")], check=True)
+    return directory / "monitoring.coreos.com_servicemonitors.yaml"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,10 +35,10 @@ app.kubernetes.io/part-of: nas-operator
 {{- define "nas-operator.namespacedRules" -}}
 - apiGroups: [nas.operator.dev]
   resources: [nasexperiments]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [nas.operator.dev]
   resources: [nasexperiments/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create, delete]

@@ -1,0 +1,332 @@
+"""The Helm chart on the real test cluster: lint, schema, server-side validation, and an install
+whose ServiceAccount runs a whole experiment (proving the chart's RBAC is enough and no more).
+
+The test node cannot run the operator image, so the chart is installed with `replicas: 0` and
+the operator runs as a local process with the image's entrypoint, the installed Deployment's
+arguments and environment, and a token of the chart's ServiceAccount (never the admin's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.k8s.cluster import ControlPlane, ensure_binaries, servicemonitor_crd
+
+from .conftest import ROOT
+from .test_cluster import _pv_and_claim
+from .test_images import DOCKERFILES, VENV_BIN, entrypoint
+from .test_operator import CRD, OperatorProcess, _small_experiment, _wait_phase
+from .test_telemetry import promtool_problems
+
+pytestmark = pytest.mark.cluster
+CHART = ROOT / "charts" / "nas-operator"
+RELEASE = "nas-operator"
+
+
+def helm(
+    *args: str, tmp_path: Path, kubeconfig: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
+    }
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    result = subprocess.run(
+        [str(ensure_binaries() / "helm"), *args], capture_output=True, text=True, env=env, timeout=180
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def custom_values(tmp_path: Path, namespaces: list[str], **extra: Any) -> Path:
+    values = {
+        "image": {"repository": "registry.example.com/nas/operator", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+        "watch": {"namespaces": namespaces},
+        "serviceAccount": {"annotations": {"example.com/role": "nas"}},
+        "operator": {"stepSeconds": 5, "maxWorkers": 4, "logLevel": "debug"},
+        "metricsVolume": {"claimName": "shared"},
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
+        "grafanaDashboard": {"namespace": namespaces[0]},
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+        **extra,
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def render(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+    output = helm("template", RELEASE, str(CHART), *args, tmp_path=tmp_path).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def test_the_chart_crd_is_the_generated_one() -> None:
+    assert (CHART / "crds" / CRD.name).read_text() == CRD.read_text(), "run: nasctl crd > charts/nas-operator/crds/..."
+
+
+def test_helm_lint_passes_with_default_and_custom_values(tmp_path: Path) -> None:
+    helm("lint", "--strict", str(CHART), tmp_path=tmp_path)
+    helm("lint", "--strict", str(CHART), "-f", str(custom_values(tmp_path, ["team-a", "team-b"])), tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [
+        ("replicas=2", "replicas"),
+        ("operator.logLevel=loud", "logLevel"),
+        ("watch.namespaces[0]=Not_A_Namespace", "namespaces"),
+        ("metrics.port=0", "port"),
+        ("unknownKey=1", "unknownKey"),
+    ],
+)
+def test_the_values_schema_refuses_bad_values_and_names_them(tmp_path: Path, flag: str, field: str) -> None:
+    result = helm("template", RELEASE, str(CHART), "--set", flag, tmp_path=tmp_path, check=False)
+    assert result.returncode != 0 and field in result.stderr, result.stderr
+
+
+def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_path: Path) -> None:
+    documents = render(tmp_path)
+    kinds = sorted(doc["kind"] for doc in documents)
+    assert kinds == sorted(
+        [
+            *("ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding"),
+            *("Service", "Deployment", "ConfigMap"),
+        ]
+    )
+    (deployment,) = by_kind(documents, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/nas-operator/operator:0.1.0"  # the chart's appVersion
+    assert "--all-namespaces" in container["args"] and "--standalone" in container["args"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
+    assert f"--liveness=http://0.0.0.0:{health}/healthz" in entrypoint(DOCKERFILES["operator"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert "limits" in container["resources"] and "requests" in container["resources"]
+    (dashboard,) = by_kind(documents, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["nas-operator.json"])["uid"] == "nas-operator"
+    assert not by_kind(documents, "ServiceMonitor")
+
+
+def test_custom_render_limits_rbac_to_the_listed_namespaces(tmp_path: Path) -> None:
+    documents = render(tmp_path, "-f", str(custom_values(tmp_path, ["team-a", "team-b"])))
+    roles = by_kind(documents, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    cluster_rules = [rule for role in by_kind(documents, "ClusterRole") for rule in role["rules"]]
+    assert all(rule["verbs"] == ["list", "watch"] for rule in cluster_rules), cluster_rules  # read-only discovery
+    assert {resource for rule in cluster_rules for resource in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    (deployment,) = by_kind(documents, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
+    assert "--debug" in container["args"]
+    assert container["image"] == "registry.example.com/nas/operator:0.1.0-rc1"
+    assert {"name": "nas-logs", "mountPath": "/nas-logs", "readOnly": True} in container["volumeMounts"]
+    (monitor,) = by_kind(documents, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def _server_side_dry_run(cluster: ControlPlane, documents: list[dict[str, Any]]) -> None:
+    """Every namespaced object carries its namespace (helm template --namespace), so none is given here."""
+    result = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "-f", "-",
+        input=yaml.safe_dump_all(documents), check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"serverside-applied \(server dry run\)", result.stdout)) == len(documents), result.stdout
+
+
+def test_rendered_manifests_pass_the_api_servers_validation(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(servicemonitor_crd()))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    second = f"{namespace}-b"
+    cluster.kubectl("create", "namespace", second)
+    try:
+        _server_side_dry_run(cluster, render(tmp_path, "--namespace", namespace))
+        values = custom_values(tmp_path, [namespace, second])
+        _server_side_dry_run(cluster, render(tmp_path, "--namespace", namespace, "-f", str(values)))
+        # and the API server does check: a ServiceMonitor with a bad field is refused
+        broken = render(tmp_path, "--namespace", namespace, "-f", str(values))
+        (monitor,) = by_kind(broken, "ServiceMonitor")
+        monitor["spec"]["endpoints"][0]["scheme"] = "gopher"
+        refused = cluster.kubectl(
+            "apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", "-",
+            input=yaml.safe_dump(monitor), check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0 and "scheme" in refused.stderr, refused.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", second, "--wait=false", check=False)
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float | None:
+    for line in exposition.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """What the pod would run: the image's entrypoint (minus its liveness address), the Deployment's args and env."""
+    image = [arg for arg in entrypoint(DOCKERFILES["operator"], with_cmd=False) if not arg.startswith("--liveness=")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    return [str(VENV_BIN / "kopf"), *image[1:], *container["args"]], env
+
+
+def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    operator_namespace = f"{namespace}-op"
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _pv_and_claim(cluster, namespace, logs)
+    helm(
+        "install", RELEASE, str(CHART), "--namespace", operator_namespace, "--create-namespace",
+        "--set", "replicas=0", "--set", f"watch.namespaces={{{namespace}}}", "--wait", "--timeout", "60s",
+        tmp_path=tmp_path, kubeconfig=cluster.kubeconfig,
+    )  # fmt: skip
+    try:
+        deployment = json.loads(
+            cluster.kubectl("get", "deployment", RELEASE, "-n", operator_namespace, "-o", "json").stdout
+        )
+        command, chart_env = _operator_command(deployment)
+        assert f"--namespace={namespace}" in command and "--standalone" in command
+        token = cluster.token_for(operator_namespace, RELEASE)
+        service_account = cluster.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+        operator = OperatorProcess(
+            cluster, [namespace], logs, tmp_path / "operator.log", command=command, kubeconfig=service_account
+        )
+        operator.env = {**chart_env, **operator.env, "NAS_STEP_SECONDS": "1"}
+        assert operator.env["NAS_METRICS_PORT"] != chart_env["NAS_METRICS_PORT"]  # a free loopback port here
+        operator.start()
+        try:
+            _run_and_scrape(cluster, namespace, operator, tmp_path)
+        finally:
+            operator.stop()
+        log = operator.log_file.read_text()
+        assert "Forbidden" not in log and "403" not in log, log[-4000:]
+
+        # ... and no more than it needs: calls outside its rules are refused.
+        outside = cluster.kubectl("get", "secrets", "-n", "kube-system", kubeconfig=service_account, check=False)
+        assert outside.returncode != 0 and "Forbidden" in outside.stderr, outside.stderr
+        for verb, resource, where in (
+            ("create", "jobs", operator_namespace),
+            ("create", "jobs", "default"),
+            ("list", "secrets", namespace),
+            ("delete", "pods", namespace),
+            ("delete", "nasexperiments.nas.operator.dev", namespace),
+            ("create", "nasexperiments.nas.operator.dev", namespace),
+            ("create", "customresourcedefinitions", "default"),
+        ):
+            answer = cluster.kubectl(
+                "auth", "can-i", verb, resource, "-n", where, kubeconfig=service_account, check=False
+            )
+            assert answer.stdout.strip() == "no", (verb, resource, where, answer.stdout)
+        for verb, resource in (("create", "jobs"), ("patch", "nasexperiments.nas.operator.dev/status")):
+            answer = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, kubeconfig=service_account)
+            assert answer.stdout.strip() == "yes", (verb, resource)
+    finally:
+        helm("uninstall", RELEASE, "--namespace", operator_namespace, tmp_path=tmp_path, kubeconfig=cluster.kubeconfig)
+        cluster.kubectl("delete", "namespace", operator_namespace, "--wait=false", check=False)
+    leftovers = cluster.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
+    assert RELEASE not in leftovers
+
+
+def _run_and_scrape(cluster: ControlPlane, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # Kopf's liveness endpoint, which the chart's probes call
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as response:
+                assert response.status == 200
+                break
+        except OSError:
+            assert time.monotonic() < deadline, operator.log_file.read_text()[-3000:]
+            time.sleep(0.5)
+
+    doc = _small_experiment("charted")
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    succeeded_seen: list[float] = []
+    running_seen = False
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        exposition = operator.scrape()
+        succeeded_seen.append(_sample(exposition, "nas_trials", experiment="charted", state="succeeded") or 0)
+        running_seen |= (_sample(exposition, "nas_experiments", phase="Running") or 0) == 1
+        if (_sample(exposition, "nas_experiments", phase="Succeeded") or 0) == 1:
+            break
+        time.sleep(1)
+    status = _wait_phase(cluster, namespace, "charted", "Succeeded", operator.log_file, timeout=30)
+    assert status["trials"]["succeeded"] == 3
+
+    exposition = operator.scrape()
+    assert running_seen and succeeded_seen[0] < 3 and succeeded_seen[-1] == 3, succeeded_seen
+    assert succeeded_seen == sorted(succeeded_seen)  # the counts only move forward
+    labels = {"namespace": namespace, "experiment": "charted"}
+    assert _sample(exposition, "nas_hypervolume", **labels) == pytest.approx(status["hypervolume"])
+    assert _sample(exposition, "nas_pareto_front_size", **labels) == status["paretoSize"]
+    assert (_sample(exposition, "nas_candidate_generation_seconds_count", **labels) or 0) >= 1
+    assert _sample(exposition, "nas_trial_duration_seconds_count", **labels, outcome="succeeded") == 3
+    assert (_sample(exposition, "nas_state_bytes", **labels) or 0) > 1000
+    assert (_sample(exposition, "nas_reconcile_duration_seconds_count", **labels) or 0) > 3
+    assert _sample(exposition, "nas_reconcile_errors_total", **labels) in (None, 0.0)
+    assert promtool_problems(exposition) == ""
+    (tmp_path / "metrics.txt").write_text(exposition)
+
+    # GitOps: the operator wrote status and its own metadata, never spec; the manifest applies again as a no-op.
+    manifest = yaml.safe_dump(doc)
+    live = json.loads(
+        cluster.kubectl("get", "nasx", "charted", "-n", namespace, "-o", "json", "--show-managed-fields").stdout
+    )
+    assert live["metadata"]["generation"] == 1
+    for entry in live["metadata"]["managedFields"]:
+        owns_spec = "f:spec" in entry.get("fieldsV1", {})
+        assert not owns_spec or entry["manager"] == "kubectl", entry["manager"]
+    diff = cluster.kubectl("diff", "--server-side", "-n", namespace, "-f", "-", input=manifest, check=False)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
+    again = json.loads(cluster.kubectl("get", "nasx", "charted", "-n", namespace, "-o", "json").stdout)
+    assert again["metadata"]["generation"] == 1 and again["status"]["phase"] == "Succeeded"
+
+    cluster.kubectl("delete", "nasx", "charted", "-n", namespace, "--timeout=60s")
+    deadline = time.monotonic() + 30
+    while _sample(operator.scrape(), "nas_trials", experiment="charted", state="succeeded") is not None:
+        assert time.monotonic() < deadline, "the deleted experiment's series stayed"
+        time.sleep(0.5)
+
+
+def test_helm_binary_reports_the_pinned_version(tmp_path: Path) -> None:
+    from tests.k8s.cluster import versions
+
+    assert shutil.which(str(ensure_binaries() / "helm"))
+    assert versions()["HELM_VERSION"] in helm("version", "--short", tmp_path=tmp_path).stdout

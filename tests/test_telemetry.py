@@ -1,0 +1,151 @@
+"""Prometheus metrics: names, values, cleanup, promtool's verdict, and the Grafana dashboard's queries."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nas_operator.spec import NASExperimentStatus, TrialCounts
+from nas_operator.telemetry import Telemetry
+
+from .conftest import ROOT
+
+DASHBOARD = ROOT / "charts" / "nas-operator" / "dashboards" / "nas-operator.json"
+
+
+def promtool() -> str:
+    """Debian's promtool; scripts/test installs the prometheus package when it is missing."""
+    path = shutil.which("promtool")
+    assert path, "promtool is not installed (scripts/test installs Debian's prometheus package)"
+    return path
+
+
+def promtool_problems(exposition: str) -> str:
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60
+    )
+    return (result.stdout + result.stderr).strip() if result.returncode != 0 or result.stdout.strip() else ""
+
+
+def samples(telemetry: Telemetry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = generate_latest(telemetry.registry).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _status(phase: str, succeeded: int, running: int, hypervolume: float | None) -> NASExperimentStatus:
+    return NASExperimentStatus(
+        phase=phase,  # type: ignore[arg-type]
+        trials=TrialCounts(total=succeeded + running, running=running, succeeded=succeeded),
+        hypervolume=hypervolume,
+        pareto_size=min(succeeded, 3),
+    )
+
+
+def exercised() -> Telemetry:
+    """A registry holding every series the operator produces for two experiments."""
+    telemetry = Telemetry()
+    telemetry.observe_status("team-a", "mlp", _status("Running", 4, 2, 0.61), state_bytes=5120)
+    telemetry.observe_status("team-b", "cnn", _status("Succeeded", 10, 0, 0.83), state_bytes=9000)
+    telemetry.observe_trial("team-a", "mlp", "succeeded", 42.0)
+    telemetry.observe_trial("team-a", "mlp", "failed", 3.0)
+    telemetry.observe_generation("team-a", "mlp", 12.5)
+    telemetry.observe_step("team-a", "mlp", 0.05)
+    telemetry.count_error("team-a", "mlp")
+    return telemetry
+
+
+def test_series_follow_the_experiments_status() -> None:
+    values = samples(exercised())
+    a = {("namespace", "team-a"), ("experiment", "mlp")}
+    assert values[("nas_experiments", frozenset({("phase", "Running")}))] == 1
+    assert values[("nas_experiments", frozenset({("phase", "Succeeded")}))] == 1
+    assert values[("nas_experiments", frozenset({("phase", "Failed")}))] == 0  # zeros are shown, not missing
+    assert values[("nas_trials", frozenset(a | {("state", "succeeded")}))] == 4
+    assert values[("nas_trials", frozenset(a | {("state", "running")}))] == 2
+    assert values[("nas_hypervolume", frozenset(a))] == pytest.approx(0.61)
+    assert values[("nas_state_bytes", frozenset(a))] == 5120
+    assert values[("nas_reconcile_errors_total", frozenset(a))] == 1
+    assert values[("nas_candidate_generation_seconds_count", frozenset(a))] == 1
+    assert values[("nas_candidate_generation_seconds_sum", frozenset(a))] == pytest.approx(12.5)
+    succeeded = frozenset(a | {("outcome", "succeeded")})
+    assert values[("nas_trial_duration_seconds_count", succeeded)] == 1
+    assert values[("nas_trial_duration_seconds_bucket", frozenset(succeeded | {("le", "60.0")}))] == 1
+    assert values[("nas_trial_duration_seconds_bucket", frozenset(succeeded | {("le", "30.0")}))] == 0
+
+
+def test_a_phase_change_moves_the_experiment_between_phases() -> None:
+    telemetry = exercised()
+    telemetry.observe_status("team-a", "mlp", _status("Succeeded", 6, 0, 0.7), state_bytes=6000)
+    values = samples(telemetry)
+    assert values[("nas_experiments", frozenset({("phase", "Running")}))] == 0
+    assert values[("nas_experiments", frozenset({("phase", "Succeeded")}))] == 2
+
+
+def test_a_deleted_experiment_leaves_no_series_behind() -> None:
+    telemetry = exercised()
+    telemetry.forget("team-a", "mlp")
+    values = samples(telemetry)
+    assert not [key for key in values if ("experiment", "mlp") in key[1]]
+    assert [key for key in values if ("experiment", "cnn") in key[1]]
+    assert values[("nas_experiments", frozenset({("phase", "Running")}))] == 0
+
+
+def test_promtool_finds_the_exposition_clean() -> None:
+    exposition = generate_latest(exercised().registry).decode()
+    assert promtool_problems(exposition) == ""
+    # and it is a real check: a counter without _total and a bad name are reported
+    assert promtool_problems("# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n")
+
+
+def _metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\bnas_[a-z_]+\b", expression))
+
+
+def test_every_dashboard_query_refers_to_a_metric_the_operator_exports() -> None:
+    exported = {sample[0] for sample in samples(exercised())}
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    expressions += [variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable]
+    assert len(expressions) >= 10
+    used = set().union(*(_metric_names(e) for e in expressions))
+    assert used - exported == set(), f"queries name metrics that do not exist: {used - exported}"
+    # the issue's panels: phases, trials over time, hypervolume, generation latency, errors
+    for required in (
+        "nas_experiments",
+        "nas_trials",
+        "nas_hypervolume",
+        "nas_candidate_generation_seconds_bucket",
+        "nas_reconcile_errors_total",
+    ):
+        assert required in used, required
+
+
+def test_dashboard_panels_do_not_overlap_and_use_the_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells.get((x, y))}"
+                cells[(x, y)] = panel["title"]
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_the_chart_ships_the_dashboard_file_the_tests_check() -> None:
+    template = (ROOT / "charts" / "nas-operator" / "templates" / "grafana-dashboard.yaml").read_text()
+    assert '.Files.Get "dashboards/nas-operator.json"' in template
+    assert Path(DASHBOARD).is_file()
