@@ -67,6 +67,8 @@ def test_job_manifest_from_a_torchx_role() -> None:
         serviceAccountName="trainer",
         retries=2,
         mounts=["type=volume,src=datasets,dst=/data,readonly", "type=bind,src=/mnt/cache,dst=/cache"],
+        nodeSelector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     )
     owner = {
         "apiVersion": "nas.operator.dev/v1alpha1",
@@ -111,6 +113,8 @@ def test_job_manifest_from_a_torchx_role() -> None:
     assert {"mountPath": "/data", "name": by_claim["datasets"], "readOnly": True} in container["volumeMounts"]
     host = [v for v in pod["volumes"] if "hostPath" in v]
     assert host[0]["hostPath"]["path"] == "/mnt/cache"
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def _wait(backend: KubernetesBackend, trial: TrialRecord, cluster: ControlPlane, timeout: float = 240) -> Observation:

@@ -9,7 +9,9 @@ Generation strategy: Ax's own dispatch (center point, Sobol, then BoTorch's modu
 whose multi-objective default is qLogNEHVI) with two deliberate settings:
 `allow_exceeding_initialization_budget=True`, so a free slot gets a Sobol point instead of an
 empty answer while the initial trials are still running, and the experiment's seed applied
-to every generation call, so a restored engine proposes exactly what the original would.
+to every generation call, so a restored engine continues the same Sobol sequence and its model
+candidates are reproducible (a cold GP refit; the original process warm-starts the fit in
+memory, so its model candidates may differ slightly from a restored one's).
 """
 
 from __future__ import annotations
@@ -198,6 +200,14 @@ class Engine:
             full = {**dict(parameters), **self._fixed}
             candidates.append(Candidate(index, full, generator))  # type: ignore[arg-type]
         return candidates
+
+    def attach(self, parameters: Mapping[str, Scalar], metrics: Mapping[str, float]) -> int:
+        """Record a result obtained elsewhere (a warm start, a benchmark's fixture); returns its trial index."""
+        tunable = {name: value for name, value in parameters.items() if name not in self._fixed}
+        with _quiet_ax():
+            index = int(self._client.attach_trial(parameters=dict(tunable)))
+        self.complete(index, metrics)
+        return index
 
     def complete(self, index: int, metrics: Mapping[str, float]) -> None:
         data = {name: float(metrics[name]) for name in self._metrics if name in metrics}

@@ -127,6 +127,16 @@ class Resources(SpecModel):
     gpu: int = Field(default=0, ge=0, description="nvidia.com/gpu count.")
 
 
+class Toleration(SpecModel):
+    """A pod toleration, as in core/v1 (GPU node pools are usually tainted)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
 class TrialTemplate(SpecModel):
     """The program that trains and evaluates one candidate."""
 
@@ -148,6 +158,12 @@ class TrialTemplate(SpecModel):
         '(a PersistentVolumeClaim) or "type=bind,src=/mnt/cache,dst=/cache" (a hostPath).',
     )
     retries: int = Field(default=0, ge=0, description="Times a failed trial is retried before it counts as failed.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels a trial pod must match (Kubernetes only)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints trial pods tolerate, e.g. a GPU pool's (Kubernetes only)."
+    )
 
 
 class MetricDefinition(SpecModel):

@@ -103,8 +103,14 @@ def build_job(
     )
     pod_spec = pod["spec"]
     pod_spec["restartPolicy"] = "Never"
+    if template.node_selector:
+        pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), **template.node_selector}
     if not pod_spec.get("nodeSelector"):
         pod_spec.pop("nodeSelector", None)
+    if template.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in template.tolerations
+        ]
     container = pod_spec["containers"][0]
     container["terminationMessagePath"] = TERMINATION_MESSAGE_PATH
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
