@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import resource
 import subprocess
@@ -26,18 +25,11 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_parameters, response
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits-mlp.yaml"
-
-
-def response(p: dict[str, Any]) -> dict[str, float]:
-    h1, h2 = float(p["hidden_size_1"]), float(p["hidden_size_2"])
-    lr_penalty = (math.log10(float(p["learning_rate"])) + 2.0) ** 2
-    acc = 0.99 - 0.5 * math.exp(-math.sqrt(h1 * h2) / 12) - 0.05 * lr_penalty - 0.1 / float(p["epochs"])
-    acc -= 0.05 * float(p["dropout"]) ** 2
-    params = 65 * h1 + h1 * h2 + 11 * h2 + 10
-    latency = 0.02 + params / 4000 + 2.0 / float(p["batch_size"])
-    return {"val_acc": acc, "num_params": params, "latency_p99_ms": latency}
 
 
 def spec_document(objectives: int) -> dict[str, Any]:
@@ -50,20 +42,6 @@ def spec_document(objectives: int) -> dict[str, Any]:
     return dict(document)
 
 
-def random_parameters(rng: random.Random, spec: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for p in spec.parameters:
-        if p.type == "choice":
-            values[p.name] = rng.choice(p.values)
-        elif p.log_scale:
-            x = math.exp(rng.uniform(math.log(p.lower), math.log(p.upper)))
-            values[p.name] = round(x) if p.value_type == "int" else x
-        else:
-            x = rng.uniform(p.lower, p.upper)
-            values[p.name] = round(x) if p.value_type == "int" else x
-    return values
-
-
 def measure_point(observations: int, objectives: int, batch: int) -> dict[str, float]:
     """In this process: attach the observations, then time one generation call."""
     from nas_operator.engine import Engine
@@ -73,7 +51,7 @@ def measure_point(observations: int, objectives: int, batch: int) -> dict[str, f
     engine = Engine.create(spec, "bench")
     rng = random.Random(observations * 10 + objectives)
     for _ in range(observations):
-        parameters = random_parameters(rng, spec)
+        parameters = random_parameters(rng, spec.parameters)
         engine.attach(parameters, response(parameters))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

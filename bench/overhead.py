@@ -17,8 +17,9 @@ that slot would see: the k-th start after the first `parallelism` fills the slot
 (k - parallelism)-th end. Reported: median and p90 idle per refill, the share of slot time
 spent idle, and total wall time against the ideal ceil(N / parallelism) x seconds.
 
-    .venv/bin/python bench/overhead.py            # 20 x 10 s, parallelism 4 (about 10 minutes)
-    .venv/bin/python bench/overhead.py --quick    # 8 x 3 s, parallelism 2
+    .venv/bin/python bench/overhead.py                          # 20 x 10 s, parallelism 4 (about 4 minutes)
+    .venv/bin/python bench/overhead.py --prior 40 --seconds 60  # a search 40 results in: costly generation
+    .venv/bin/python bench/overhead.py --quick                  # 8 x 3 s, parallelism 2
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import copy
 import json
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -38,6 +40,9 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_parameters, response
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL = ROOT / "bench" / "sleep_trial.py"
@@ -74,17 +79,43 @@ def experiment_document(trials: int, parallelism: int, seconds: float, seed: int
     return document
 
 
-def run_ours(document: dict[str, Any], workdir: Path, background: bool) -> Outcome:
-    from nas_operator.runner import run_local
+Prior = list[tuple[dict[str, Any], dict[str, float]]]
+
+
+def prior_results(document: dict[str, Any], count: int, seed: int) -> Prior:
+    """Results of `count` random architectures: the search is that far along when the workload starts."""
     from nas_operator.spec_checks import load_experiment
 
-    experiment = load_experiment(copy.deepcopy(document))
+    spec = load_experiment(copy.deepcopy(document)).spec
+    rng = random.Random(seed)
+    points = [random_parameters(rng, spec.parameters) for _ in range(count)]
+    return [(p, {k: v for k, v in response(p).items() if k in ("val_acc", "num_params")}) for p in points]
+
+
+def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: Prior) -> Outcome:
+    from nas_operator.engine import Engine
+    from nas_operator.runner import run_local
+    from nas_operator.spec_checks import load_experiment
+    from nas_operator.state import LoopState, TrialRecord, spec_fingerprint, trial_name
+    from nas_operator.store import FileStore
+
+    document = copy.deepcopy(document)
+    document["spec"]["budget"]["maxTrials"] += len(prior)
+    experiment = load_experiment(document)
     results = workdir / ("ours-ahead" if background else "ours-inline")
+    if prior:  # saved as an experiment this far along; run_local resumes it as `nasctl run` would
+        engine = Engine.create(experiment.spec, experiment.metadata.name)
+        state = LoopState(experiment.metadata.name, spec_fingerprint(experiment.spec))
+        for parameters, metrics in prior:
+            index = engine.attach(parameters, metrics)
+            name = trial_name(experiment.metadata.name, index)
+            state.trials[index] = TrialRecord(index, name, parameters, "prior", status="succeeded", metrics=metrics)
+        FileStore(results).save(state, engine.snapshot())
     started = time.time()
     run_local(
         experiment,
         results,
-        fresh=True,
+        fresh=not prior,
         console=Console(file=open("/dev/null", "w")),  # noqa: SIM115 - lives as long as the run
         show_progress=False,
         background_generation=background,
@@ -96,7 +127,9 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool) -> Outco
     return Outcome(name, [t["start"] for t in times], [t["end"] for t in times], wall, len(times))
 
 
-def run_ax_orchestrator(document: dict[str, Any], workdir: Path, trials: int, parallelism: int) -> Outcome:
+def run_ax_orchestrator(
+    document: dict[str, Any], workdir: Path, trials: int, parallelism: int, prior: Prior
+) -> Outcome:
     """Ax's own loop: Client.run_trials -> Orchestrator, TorchXRunner on local_cwd, TensorboardMetric."""
     from ax import Client, RangeParameterConfig
     from ax.api.configs import ChoiceParameterConfig
@@ -189,6 +222,9 @@ def run_ax_orchestrator(document: dict[str, Any], workdir: Path, trials: int, pa
             TrialTensorboardMetric(name="num_params", tag="num_params", lower_is_better=True, smoothing=0.0),
         ]
     )
+    for parameters, metrics in prior:
+        index = client.attach_trial(parameters=parameters)
+        client.complete_trial(trial_index=index, raw_data=metrics)
     started = time.time()
     client.run_trials(max_trials=trials, parallelism=parallelism)
     wall = time.time() - started
@@ -196,10 +232,11 @@ def run_ax_orchestrator(document: dict[str, Any], workdir: Path, trials: int, pa
     return Outcome("Ax Orchestrator + TorchX", [t["start"] for t in times], [t["end"] for t in times], wall, len(times))
 
 
-def report(outcomes: list[Outcome], trials: int, parallelism: int, seconds: float) -> str:
+def report(outcomes: list[Outcome], trials: int, parallelism: int, seconds: float, prior: int) -> str:
     ideal = math.ceil(trials / parallelism) * seconds
     lines = [
-        f"workload: {trials} trials x {seconds:g} s, parallelism {parallelism}; ideal wall {ideal:.0f} s",
+        f"workload: {trials} trials x {seconds:g} s, parallelism {parallelism}, after {prior} prior results; "
+        f"ideal wall {ideal:.0f} s",
         "",
         "| contender | trials | idle per refill, median | p90 | max | idle share of slot time | wall | wall / ideal |",
         "|---|---|---|---|---|---|---|---|",
@@ -208,22 +245,22 @@ def report(outcomes: list[Outcome], trials: int, parallelism: int, seconds: floa
         idle = outcome.idle(parallelism)
         busy = sum(end - start for start, end in zip(sorted(outcome.starts), sorted(outcome.ends), strict=True))
         share = sum(idle) / (sum(idle) + busy) if busy else float("nan")
-        p90 = statistics.quantiles(idle, n=10)[-1] if len(idle) >= 2 else (idle[0] if idle else float("nan"))
+        p90 = statistics.quantiles(idle, n=10, method="inclusive")[-1] if len(idle) >= 2 else float("nan")
         lines.append(
             f"| {outcome.name} | {outcome.trials} | {statistics.median(idle) if idle else float('nan'):.2f} s "
             f"| {p90:.2f} s | {max(idle, default=float('nan')):.2f} s | {100 * share:.0f}% "
             f"| {outcome.wall:.0f} s | {outcome.wall / ideal:.2f} |"
         )
-    ours = next(o for o in outcomes if o.name.startswith("ours (generate ahead)"))
+    ours = next((o for o in outcomes if o.name.startswith("ours (generate ahead)")), None)
     for outcome in outcomes:
-        if outcome is ours:
+        if ours is None or outcome is ours:
             continue
-        ours_median = statistics.median(ours.idle(parallelism))
-        peer_median = statistics.median(outcome.idle(parallelism))
+        mine, theirs = ours.idle(parallelism), outcome.idle(parallelism)
         lines.append(
-            f"\nours vs {outcome.name}: median idle {ours_median:.2f} s vs {peer_median:.2f} s"
-            f" ({peer_median / max(ours_median, 1e-3):.0f}x less); wall {ours.wall:.0f} s vs {outcome.wall:.0f} s"
-            f" ({outcome.wall / ours.wall:.2f}x)"
+            f"\nours vs {outcome.name}: idle per refill median {statistics.median(mine):.2f} s vs "
+            f"{statistics.median(theirs):.2f} s, max {max(mine):.2f} s vs {max(theirs):.2f} s; "
+            f"total idle {sum(mine):.0f} s vs {sum(theirs):.0f} s; wall {ours.wall:.0f} s vs {outcome.wall:.0f} s "
+            f"(theirs / ours {outcome.wall / ours.wall:.2f})"
         )
     return "\n".join(lines)
 
@@ -234,16 +271,23 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prior",
+        type=int,
+        default=0,
+        help="results the search already holds when the workload starts (generation grows costlier with them)",
+    )
     parser.add_argument("--quick", action="store_true", help="8 trials x 3 s, parallelism 2")
     parser.add_argument("--only", choices=("ahead", "inline", "ax"), action="append", help="run only these contenders")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.parallelism, args.seconds = 8, 2, 3.0
     document = experiment_document(args.trials, args.parallelism, args.seconds, args.seed)
+    prior = prior_results(document, args.prior, args.seed)
     contenders: dict[str, Callable[[Path], Outcome]] = {
-        "ahead": lambda w: run_ours(document, w, background=True),
-        "inline": lambda w: run_ours(document, w, background=False),
-        "ax": lambda w: run_ax_orchestrator(document, w, args.trials, args.parallelism),
+        "ahead": lambda w: run_ours(document, w, background=True, prior=prior),
+        "inline": lambda w: run_ours(document, w, background=False, prior=prior),
+        "ax": lambda w: run_ax_orchestrator(document, w, args.trials, args.parallelism, prior),
     }
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as tmp:
@@ -254,7 +298,7 @@ def main() -> None:
             outcome = run(Path(tmp))
             print(f"   {outcome.trials} trials in {outcome.wall:.0f} s", file=sys.stderr, flush=True)
             outcomes.append(outcome)
-    print(report(outcomes, args.trials, args.parallelism, args.seconds))
+    print(report(outcomes, args.trials, args.parallelism, args.seconds, args.prior))
 
 
 if __name__ == "__main__":

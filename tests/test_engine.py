@@ -132,3 +132,16 @@ def test_snapshot_restores_the_same_state_and_the_same_next_candidates(algorithm
         again = Engine.restore(spec, snapshot).generate(2)
         for a, b in zip(again, restored_next, strict=True):
             assert a.parameters == pytest.approx(b.parameters, rel=1e-9, abs=1e-12)
+
+
+def test_attached_results_count_as_completed_trials_and_feed_the_model() -> None:
+    spec = _toy("qnehvi", initial=4)
+    engine = Engine.create(spec, "toy")
+    points = [(0.1, 0.9), (0.5, 0.5), (0.9, 0.1), (0.3, 0.3), (0.7, 0.6)]
+    indices = [engine.attach({"x": x, "y": y}, {"f1": x, "f2": 1.0 - x + y}) for x, y in points]
+    assert indices == [0, 1, 2, 3, 4]
+    assert set(engine.trial_statuses().values()) == {"COMPLETED"}
+    (candidate,) = engine.generate(1)
+    assert candidate.index == 5 and candidate.generator == "MBM"  # enough data: the model, not Sobol
+    with pytest.raises(ValueError, match="lacks metrics"):
+        engine.attach({"x": 0.2, "y": 0.2}, {"f1": 0.2})
