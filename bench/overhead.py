@@ -7,8 +7,8 @@ event files, each trial a local process. The model's cost is real: Ax's default 
 
 - ours: `nasctl run`'s loop (LocalBackend), candidates generated ahead on a background thread
   with running trials as pending;
-- ours, generating on demand: the same loop with generation inline, when a slot frees (what a
-  loop without look-ahead does; shows what generating ahead buys);
+- ours, generating on demand: the same loop with no look-ahead and generation inline, asked only
+  when a slot frees (what a loop without look-ahead does; shows what generating ahead buys);
 - Ax: `ax.Client.run_trials` (its Orchestrator with Ax's defaults) with TorchX's local_cwd
   scheduler and Ax's TensorboardMetric, the setup of Ax's multi-objective NAS tutorial.
 
@@ -119,6 +119,7 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: P
         console=Console(file=open("/dev/null", "w")),  # noqa: SIM115 - lives as long as the run
         show_progress=False,
         background_generation=background,
+        lookahead=None if background else 0,
         workdir=ROOT,
     )
     wall = time.time() - started

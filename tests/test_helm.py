@@ -187,6 +187,19 @@ def test_rendered_manifests_pass_the_api_servers_validation(
         cluster.kubectl("delete", "namespace", second, "--wait=false", check=False)
 
 
+def test_every_example_applies_server_side(cluster: ControlPlane, namespace: str) -> None:
+    """GitOps tools apply manifests server-side: the examples must pass the CRD's schema and CEL rules."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev")
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    for example in examples:
+        result = cluster.kubectl(
+            "apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", str(example), check=False
+        )
+        assert result.returncode == 0 and "serverside-applied" in result.stdout, (example.name, result.stderr)
+
+
 def _sample(exposition: str, name: str, **labels: str) -> float | None:
     for line in exposition.splitlines():
         named = line.startswith(name + "{") or line.startswith(name + " ")
