@@ -29,5 +29,5 @@ COPY --from=build /opt/venv /opt/venv
 RUN useradd --uid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nas
 USER 10001:10001
 EXPOSE 8080 8081
-ENTRYPOINT ["kopf", "run", "-m", "nas_operator.handlers", "--liveness=http://0.0.0.0:8081/healthz"]
-CMD ["--all-namespaces"]
+ENTRYPOINT ["kopf", "run", "-m", "nas_operator.handlers"]
+CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]

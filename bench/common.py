@@ -1,4 +1,4 @@
-"""What the benchmarks share: a synthetic stand-in for training the digits MLP, and random points of its space.
+"""What the benchmarks share: a synthetic stand-in for training the digits MLP.
 
 The response is smooth and cheap (no training), so a benchmark measures the model and the loop,
 not PyTorch: accuracy saturates in width and epochs and drops away from a 1e-2 learning rate;
@@ -8,7 +8,6 @@ the parameter count is the MLP's exact one for 8x8 inputs and 10 classes.
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
 
@@ -20,19 +19,3 @@ def response(p: dict[str, Any]) -> dict[str, float]:
     params = 65 * h1 + h1 * h2 + 11 * h2 + 10
     latency = 0.02 + params / 4000 + 2.0 / float(p.get("batch_size", 32))
     return {"val_acc": acc, "num_params": params, "latency_p99_ms": latency}
-
-
-def random_parameters(rng: random.Random, parameters: list[Any]) -> dict[str, Any]:
-    """A uniform point (log-uniform on log-scale ranges) of a spec's parameters."""
-    values: dict[str, Any] = {}
-    for p in parameters:
-        if p.type == "choice":
-            values[p.name] = rng.choice(p.values)
-        elif p.type == "fixed":
-            values[p.name] = p.value
-        else:
-            low, high = (math.log(p.lower), math.log(p.upper)) if p.log_scale else (p.lower, p.upper)
-            x = rng.uniform(low, high)
-            x = math.exp(x) if p.log_scale else x
-            values[p.name] = round(x) if p.value_type == "int" else x
-    return values

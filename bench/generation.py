@@ -1,9 +1,9 @@
 """Candidate-generation latency and peak memory vs observations, objectives and batch size.
 
 The 6-parameter digits MLP space (log-scale ints, a float, an ordered choice: the mixed space
-a NAS user has), with N completed observations from a smooth synthetic response, attached
-directly (no fits to get there). Then one `generate(batch)` call is timed: Ax's default
-model-based step (a GP per objective, qLogNEHVI, mixed optimizer). Every point runs in a fresh
+a NAS user has), with N completed observations from a smooth synthetic response (Ax's own
+initialization trials, so no model fit is needed to get there). Then one `generate(batch)` call
+is timed: Ax's default model-based step (a GP per objective, qLogNEHVI, mixed optimizer). Every point runs in a fresh
 process so its peak resident memory (ru_maxrss) is its own; the table shows the growth over
 the process's size just before the call. A point that runs past --timeout is reported as such.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -26,33 +25,34 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import random_parameters, response
+from common import response
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits-mlp.yaml"
 
 
-def spec_document(objectives: int) -> dict[str, Any]:
+def spec_document(objectives: int, observations: int) -> dict[str, Any]:
     document = yaml.safe_load(EXAMPLE.read_text())
     spec = document["spec"]
     if objectives == 3:
         spec["objectives"].append({"metric": "latency_p99_ms", "goal": "minimize", "threshold": 5.0})
     spec["budget"]["maxTrials"] = 1000
-    spec["algorithm"] = {"name": "auto", "initialTrials": 8, "seed": 0}
+    # The observations are Ax's own initialization (center + Sobol: no model fit to get there),
+    # so the timed call is the first model-based one, with exactly that much data.
+    spec["algorithm"] = {"name": "auto", "initialTrials": observations, "seed": 0}
     return dict(document)
 
 
-def measure_point(observations: int, objectives: int, batch: int) -> dict[str, float]:
-    """In this process: attach the observations, then time one generation call."""
+def measure_point(observations: int, objectives: int, batch: int) -> dict[str, Any]:
+    """In this process: complete `observations` initial trials, then time one model-based generation."""
     from nas_operator.engine import Engine
     from nas_operator.spec_checks import load_experiment
 
-    spec = load_experiment(spec_document(objectives)).spec
+    spec = load_experiment(spec_document(objectives, observations)).spec
     engine = Engine.create(spec, "bench")
-    rng = random.Random(observations * 10 + objectives)
-    for _ in range(observations):
-        parameters = random_parameters(rng, spec.parameters)
-        engine.attach(parameters, response(parameters))
+    while sum(1 for s in engine.trial_statuses().values() if s == "COMPLETED") < observations:
+        for candidate in engine.generate(observations - len(engine.trial_statuses())):
+            engine.complete(candidate.index, response(candidate.parameters))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     candidates = engine.generate(batch)
@@ -108,6 +108,8 @@ def main() -> None:
             cells = f"> {args.timeout:.0f} s (stopped) | - | -"
         elif "error" in point:
             cells = f"error: {point['error'][:60]} | - | -"
+        elif point["generator"] != "MBM" or point["candidates"] != q:
+            cells = f"not a model step: {point['candidates']} x {point['generator']} | - | -"
         else:
             cells = f"{point['seconds']:.1f} s | {point['growth_mib']:.0f} MiB | {point['rss_before_mib']:.0f} MiB"
         print(f"| {m} | {n} | {q} | {cells} |", flush=True)

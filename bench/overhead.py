@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import math
-import random
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import yaml
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import random_parameters, response
+from common import response
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL = ROOT / "bench" / "sleep_trial.py"
@@ -63,12 +62,13 @@ class Outcome:
         return [max(0.0, starts[k] - ends[k - parallelism]) for k in range(parallelism, len(starts))]
 
 
-def experiment_document(trials: int, parallelism: int, seconds: float, seed: int) -> dict[str, Any]:
+def experiment_document(trials: int, parallelism: int, seconds: float, seed: int, prior: int) -> dict[str, Any]:
     document = yaml.safe_load(EXAMPLE.read_text())
     document["metadata"]["name"] = "overhead"
     spec = document["spec"]
     spec["budget"] = {"maxTrials": trials, "parallelism": parallelism}
-    spec["algorithm"] = {"name": "auto", "initialTrials": min(8, trials // 2), "seed": seed}
+    # With prior results, those are the initialization and every workload trial is model-based.
+    spec["algorithm"] = {"name": "auto", "initialTrials": prior or min(8, trials // 2), "seed": seed}
     spec["metrics"] = {
         "source": "tensorboard",
         "definitions": [{"name": "val_acc", "reduce": "last"}, {"name": "num_params", "reduce": "last"}],
@@ -79,20 +79,11 @@ def experiment_document(trials: int, parallelism: int, seconds: float, seed: int
     return document
 
 
-Prior = list[tuple[dict[str, Any], dict[str, float]]]
+def objectives_only(parameters: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in response(parameters).items() if k in ("val_acc", "num_params")}
 
 
-def prior_results(document: dict[str, Any], count: int, seed: int) -> Prior:
-    """Results of `count` random architectures: the search is that far along when the workload starts."""
-    from nas_operator.spec_checks import load_experiment
-
-    spec = load_experiment(copy.deepcopy(document)).spec
-    rng = random.Random(seed)
-    points = [random_parameters(rng, spec.parameters) for _ in range(count)]
-    return [(p, {k: v for k, v in response(p).items() if k in ("val_acc", "num_params")}) for p in points]
-
-
-def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: Prior) -> Outcome:
+def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: int) -> Outcome:
     from nas_operator.engine import Engine
     from nas_operator.runner import run_local
     from nas_operator.spec_checks import load_experiment
@@ -100,16 +91,19 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: P
     from nas_operator.store import FileStore
 
     document = copy.deepcopy(document)
-    document["spec"]["budget"]["maxTrials"] += len(prior)
+    document["spec"]["budget"]["maxTrials"] += prior
     experiment = load_experiment(document)
     results = workdir / ("ours-ahead" if background else "ours-inline")
     if prior:  # saved as an experiment this far along; run_local resumes it as `nasctl run` would
         engine = Engine.create(experiment.spec, experiment.metadata.name)
         state = LoopState(experiment.metadata.name, spec_fingerprint(experiment.spec))
-        for parameters, metrics in prior:
-            index = engine.attach(parameters, metrics)
-            name = trial_name(experiment.metadata.name, index)
-            state.trials[index] = TrialRecord(index, name, parameters, "prior", status="succeeded", metrics=metrics)
+        for candidate in engine.generate(prior):  # Ax's initialization: center + Sobol
+            metrics = objectives_only(candidate.parameters)
+            engine.complete(candidate.index, metrics)
+            name = trial_name(experiment.metadata.name, candidate.index)
+            state.trials[candidate.index] = TrialRecord(
+                candidate.index, name, candidate.parameters, candidate.generator, status="succeeded", metrics=metrics
+            )
         FileStore(results).save(state, engine.snapshot())
     started = time.time()
     run_local(
@@ -128,9 +122,7 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: P
     return Outcome(name, [t["start"] for t in times], [t["end"] for t in times], wall, len(times))
 
 
-def run_ax_orchestrator(
-    document: dict[str, Any], workdir: Path, trials: int, parallelism: int, prior: Prior
-) -> Outcome:
+def run_ax_orchestrator(document: dict[str, Any], workdir: Path, trials: int, parallelism: int, prior: int) -> Outcome:
     """Ax's own loop: Client.run_trials -> Orchestrator, TorchXRunner on local_cwd, TensorboardMetric."""
     from ax import Client, RangeParameterConfig
     from ax.api.configs import ChoiceParameterConfig
@@ -223,9 +215,9 @@ def run_ax_orchestrator(
             TrialTensorboardMetric(name="num_params", tag="num_params", lower_is_better=True, smoothing=0.0),
         ]
     )
-    for parameters, metrics in prior:
-        index = client.attach_trial(parameters=parameters)
-        client.complete_trial(trial_index=index, raw_data=metrics)
+    if prior:  # the same initialization trials as ours (same seed, same Sobol sequence)
+        for index, parameters in client.get_next_trials(max_trials=prior).items():
+            client.complete_trial(trial_index=index, raw_data=objectives_only(dict(parameters)))
     started = time.time()
     client.run_trials(max_trials=trials, parallelism=parallelism)
     wall = time.time() - started
@@ -276,15 +268,16 @@ def main() -> None:
         "--prior",
         type=int,
         default=0,
-        help="results the search already holds when the workload starts (generation grows costlier with them)",
+        help="results (Ax's initialization trials) the search holds when the workload starts: "
+        "every workload trial is then model-based, and generation grows costlier with them",
     )
     parser.add_argument("--quick", action="store_true", help="8 trials x 3 s, parallelism 2")
     parser.add_argument("--only", choices=("ahead", "inline", "ax"), action="append", help="run only these contenders")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.parallelism, args.seconds = 8, 2, 3.0
-    document = experiment_document(args.trials, args.parallelism, args.seconds, args.seed)
-    prior = prior_results(document, args.prior, args.seed)
+    document = experiment_document(args.trials, args.parallelism, args.seconds, args.seed, args.prior)
+    prior = args.prior
     contenders: dict[str, Callable[[Path], Outcome]] = {
         "ahead": lambda w: run_ours(document, w, background=True, prior=prior),
         "inline": lambda w: run_ours(document, w, background=False, prior=prior),

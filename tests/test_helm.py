@@ -55,6 +55,7 @@ def helm(
 
 def custom_values(tmp_path: Path, namespaces: list[str], **extra: Any) -> Path:
     values = {
+        "health": {"port": 9443},
         "image": {"repository": "registry.example.com/nas/operator", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
         "watch": {"namespaces": namespaces},
         "serviceAccount": {"annotations": {"example.com/role": "nas"}},
@@ -121,7 +122,7 @@ def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_pa
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
-    assert f"--liveness=http://0.0.0.0:{health}/healthz" in entrypoint(DOCKERFILES["operator"])
+    assert f"--liveness=http://0.0.0.0:{health}/healthz" in container["args"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -145,7 +146,8 @@ def test_custom_render_limits_rbac_to_the_listed_namespaces(tmp_path: Path) -> N
     (deployment,) = by_kind(documents, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
-    assert "--debug" in container["args"]
+    assert "--debug" in container["args"] and "--liveness=http://0.0.0.0:9443/healthz" in container["args"]
+    assert {"name": "health", "containerPort": 9443} in container["ports"]
     assert container["image"] == "registry.example.com/nas/operator:0.1.0-rc1"
     assert {"name": "nas-logs", "mountPath": "/nas-logs", "readOnly": True} in container["volumeMounts"]
     (monitor,) = by_kind(documents, "ServiceMonitor")
@@ -209,11 +211,14 @@ def _sample(exposition: str, name: str, **labels: str) -> float | None:
 
 
 def _operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """What the pod would run: the image's entrypoint (minus its liveness address), the Deployment's args and env."""
-    image = [arg for arg in entrypoint(DOCKERFILES["operator"], with_cmd=False) if not arg.startswith("--liveness=")]
+    """What the pod would run: the image's entrypoint, the Deployment's args (minus the liveness address: the
+    test process gets a free loopback port) and env."""
+    image = entrypoint(DOCKERFILES["operator"], with_cmd=False)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = [arg for arg in container["args"] if not arg.startswith("--liveness=")]
+    assert len(args) == len(container["args"]) - 1
     env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
-    return [str(VENV_BIN / "kopf"), *image[1:], *container["args"]], env
+    return [str(VENV_BIN / "kopf"), *image[1:], *args], env
 
 
 def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
@@ -248,7 +253,7 @@ def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
         finally:
             operator.stop()
         log = operator.log_file.read_text()
-        assert "Forbidden" not in log and "403" not in log, log[-4000:]
+        assert "Forbidden" not in log and "status=403" not in log, log[-4000:]
 
         # ... and no more than it needs: calls outside its rules are refused.
         outside = cluster.kubectl("get", "secrets", "-n", "kube-system", kubeconfig=service_account, check=False)

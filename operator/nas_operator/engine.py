@@ -202,7 +202,11 @@ class Engine:
         return candidates
 
     def attach(self, parameters: Mapping[str, Scalar], metrics: Mapping[str, float]) -> int:
-        """Record a result obtained elsewhere (a warm start, a benchmark's fixture); returns its trial index."""
+        """Record a result obtained elsewhere (a warm start from earlier runs); returns its trial index.
+
+        The model fits it like any other result, but Ax still runs its own initialization (center and
+        Sobol trials count towards `initialTrials`; attached ones do not).
+        """
         tunable = {name: value for name, value in parameters.items() if name not in self._fixed}
         with _quiet_ax():
             index = int(self._client.attach_trial(parameters=dict(tunable)))
