@@ -6,7 +6,8 @@ minimised, with the problem's reference point as the objective thresholds. Every
 gets the same budget, 48 evaluations asked in batches of 4, and each (problem, seed) pair:
 
 - ours: the NASExperiment loop (ExperimentLoop + Engine, Ax's default strategy behind it:
-  center + Sobol, then qLogNEHVI), trials on the in-process backend, state saved each step;
+  center + Sobol, then qLogNEHVI), trials on the in-process backend, state saved each step, with
+  no look-ahead so that each batch of 4 is asked once the previous 4 have reported, as for the peers;
 - Ax: `ax.Client` with its defaults (get_next_trials(4) / complete_trial);
 - Optuna: its default sampler for a multi-objective study, NSGA-II and GPSampler, each
   asked 4 trials at a time before telling their values;
@@ -127,7 +128,7 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
     with tempfile.TemporaryDirectory(prefix="nas-bench-") as tmp:
         state = LoopState("bench", spec_fingerprint(spec))
         loop = ExperimentLoop(
-            spec, state, InlineEngineWorker(engine), backend, FileStore(Path(tmp)), engine.snapshot(), lookahead=BATCH
+            spec, state, InlineEngineWorker(engine), backend, FileStore(Path(tmp)), engine.snapshot(), lookahead=0
         )
         try:
             while not loop.finished:
