@@ -110,7 +110,7 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: i
         experiment,
         results,
         fresh=not prior,
-        console=Console(file=open("/dev/null", "w")),  # noqa: SIM115 - lives as long as the run
+        console=Console(quiet=True),
         show_progress=False,
         background_generation=background,
         lookahead=None if background else 0,

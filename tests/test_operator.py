@@ -47,14 +47,18 @@ class OperatorProcess:
     ) -> None:
         self.metrics_port = free_port()
         self.health_port = free_port()
-        self.command = command or [
-            str(Path(sys.executable).parent / "kopf"),
-            "run",
-            "-m",
-            "nas_operator.handlers",
-            "--standalone",
-            *[f"--namespace={namespace}" for namespace in namespaces],
-        ]
+        self.command = (
+            list(command)
+            if command
+            else [
+                str(Path(sys.executable).parent / "kopf"),
+                "run",
+                "-m",
+                "nas_operator.handlers",
+                "--standalone",
+                *[f"--namespace={namespace}" for namespace in namespaces],
+            ]
+        )
         self.command.append(f"--liveness=http://127.0.0.1:{self.health_port}/healthz")
         self.env = {
             **os.environ,

@@ -40,9 +40,12 @@ def versions() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("NAS_TEST_CLUSTER_CACHE", Path.home() / ".cache" / "nas-operator"))
+
+
 def cache_dir() -> Path:
-    base = Path(os.environ.get("NAS_TEST_CLUSTER_CACHE", Path.home() / ".cache" / "nas-operator"))
-    return base / f"k8s-{versions()['KUBERNETES_VERSION']}"
+    return cache_root() / f"k8s-{versions()['KUBERNETES_VERSION']}"
 
 
 def ensure_binaries() -> Path:
@@ -58,8 +61,7 @@ def ensure_binaries() -> Path:
 def servicemonitor_crd() -> Path:
     """The Prometheus Operator's ServiceMonitor CRD, fetched from the Go module proxy once per machine."""
     version = versions()["PROMETHEUS_OPERATOR_VERSION"]
-    base = Path(os.environ.get("NAS_TEST_CLUSTER_CACHE", Path.home() / ".cache" / "nas-operator"))
-    directory = base / "crds" / f"prometheus-operator-{version}"
+    directory = cache_root() / "crds" / f"prometheus-operator-{version}"
     if not (directory / ".complete").exists():
         subprocess.run(["bash", str(ROOT / "hack" / "fetch-crds.sh")], check=True)
     return directory / "monitoring.coreos.com_servicemonitors.yaml"
