@@ -16,6 +16,8 @@ gets the same budget, 48 evaluations asked in batches of 4, and each (problem, s
 Reported: log10 hypervolume regret, log10(max HV - HV), mean and standard error over seeds,
 after 24 and after 48 evaluations (lower is better), and the ratio of our regret to each
 peer's (below 1: ours is better). Wall time per run is printed too; it is not the point.
+The (problem, contender, seed) runs are independent, so they go to one worker process per core,
+longest first, each worker with its share of the cores as torch threads (`--jobs 1`: in turn).
 
     .venv/bin/python bench/sample_efficiency.py              # 4 problems x 5 seeds x 6 contenders
     .venv/bin/python bench/sample_efficiency.py --quick      # BraninCurrin and ZDT1, 2 seeds, 24 evaluations
@@ -27,12 +29,15 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,48 +229,103 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
+# Rough relative cost of one run, to start the longest units first (longest-processing-time
+# order keeps the last worker from running alone at the end); only the order depends on it.
+COST_PROBLEM = {"BraninCurrin": 1.0, "DTLZ2": 1.0, "VehicleSafety": 3.0, "ZDT1": 1.0}
+COST_CONTENDER = {"ours": 60.0, "Ax Client": 60.0, "Optuna GPSampler": 12.0}
+
+
+@dataclass(frozen=True)
+class Unit:
+    problem: str
+    contender: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit: Unit
+    half: float
+    final: float
+    seconds: float
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_unit(unit: Unit, evaluations: int) -> UnitResult:
+    """One contender on one (problem, seed); module-level so that a worker process can run it."""
+    problem = problems()[unit.problem].build()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ys = CONTENDERS[unit.contender](problem, evaluations, unit.seed)
+    seconds = time.perf_counter() - started
+    return UnitResult(unit, log_regret(problem, ys[: evaluations // 2]), log_regret(problem, ys[:evaluations]), seconds)
+
+
+def run_units(units: list[Unit], evaluations: int, jobs: int) -> list[UnitResult]:
+    """Runs the units, `jobs` at a time in worker processes (spawned: torch does not survive fork
+    well), each worker with cores/jobs torch threads so that the workers do not fight for cores."""
+    ordered = sorted(units, key=lambda u: -COST_PROBLEM[u.problem] * COST_CONTENDER.get(u.contender, 1.0))
+    results: list[UnitResult] = []
+
+    def report(result: UnitResult) -> None:
+        results.append(result)
+        u = result.unit
+        print(
+            f"   [{len(results)}/{len(units)}] {u.problem} {u.contender} seed {u.seed}: "
+            f"{result.final:.3f} ({result.seconds:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if jobs <= 1:
+        for unit in ordered:
+            report(run_unit(unit, evaluations))
+        return results
+    threads = max(1, (os.cpu_count() or jobs) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(run_unit, unit, evaluations) for unit in ordered]
+        for future in as_completed(futures):
+            report(future.result())
+    return results
+
+
 def synthetic(args: argparse.Namespace) -> None:
-    chosen = {k: v for k, v in problems().items() if k in args.problems}
-    contenders = {k: v for k, v in CONTENDERS.items() if not args.only or k in args.only}
+    contenders = [k for k in CONTENDERS if not args.only or k in args.only]
     half = args.evaluations // 2
     print(
-        f"{args.evaluations} evaluations in batches of {BATCH}, seeds {list(range(args.seeds))}; "
+        f"{args.evaluations} evaluations in batches of {BATCH}, seeds {list(range(args.seeds))}, "
+        f"{args.jobs} worker process(es); "
         f"Optuna's default multi-objective sampler here is {default_optuna_sampler_name()}",
         flush=True,
     )
-    for key, problem_def in chosen.items():
-        results: dict[str, dict[str, list[float]]] = {}
-        seconds: dict[str, list[float]] = {}
-        for name, run in contenders.items():
-            for seed in range(args.seeds):
-                problem = problem_def.build()
-                started = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ys = run(problem, args.evaluations, seed)
-                seconds.setdefault(name, []).append(time.perf_counter() - started)
-                entry = results.setdefault(name, {"half": [], "final": []})
-                entry["half"].append(log_regret(problem, ys[:half]))
-                entry["final"].append(log_regret(problem, ys[: args.evaluations]))
-                print(
-                    f"   {key} {name} seed {seed}: {entry['final'][-1]:.3f} ({seconds[name][-1]:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    units = [Unit(p, c, s) for p in args.problems for c in contenders for s in range(args.seeds)]
+    started = time.perf_counter()
+    done = run_units(units, args.evaluations, args.jobs)
+    for key, problem_def in problems().items():
+        if key not in args.problems:
+            continue
+        mine = sorted((r for r in done if r.unit.problem == key), key=lambda r: r.unit.seed)
+        results = {name: [r for r in mine if r.unit.contender == name] for name in contenders}
         print(f"\n{problem_def.name}: log10 HV regret, mean ± standard error (lower is better)\n")
         print(f"| contender | after {half} | after {args.evaluations} | ours / this (final regret) | s per run |")
         print("|---|---|---|---|---|")
-        ours_final = statistics.fmean(10**r for r in results["ours"]["final"]) if "ours" in results else None
-        for name, entry in results.items():
-            h_mean, h_se = mean_se(entry["half"])
-            f_mean, f_se = mean_se(entry["final"])
-            peer_final = statistics.fmean(10**r for r in entry["final"])
+        ours_final = statistics.fmean(10**r.final for r in results["ours"]) if results.get("ours") else None
+        for name, runs in results.items():
+            h_mean, h_se = mean_se([r.half for r in runs])
+            f_mean, f_se = mean_se([r.final for r in runs])
+            peer_final = statistics.fmean(10**r.final for r in runs)
             ratio = f"{ours_final / peer_final:.2f}" if ours_final is not None and name != "ours" else "-"
             print(
                 f"| {name} | {h_mean:.3f} ± {h_se:.3f} | {f_mean:.3f} ± {f_se:.3f} | {ratio} "
-                f"| {statistics.fmean(seconds[name]):.0f} |",
+                f"| {statistics.fmean(r.seconds for r in runs):.0f} |",
                 flush=True,
             )
+    print(f"\nwall time: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
 # ------------------------------------------------------------------ the digits NAS example
@@ -324,6 +384,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--evaluations", type=int, default=48)
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), help="run only these contenders")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="runs at a time, each in its own process with cores/jobs torch threads (default: one per core)",
+    )
     parser.add_argument("--quick", action="store_true", help="BraninCurrin and ZDT1, 2 seeds, 24 evaluations")
     parser.add_argument("--digits", action="store_true", help="the digits NAS example instead (real trainings)")
     parser.add_argument("--digits-trials", type=int, default=48)
