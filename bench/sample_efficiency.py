@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,8 +229,9 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-# Rough relative cost of one run, to start the longest units first (longest-processing-time
-# order keeps the last worker from running alone at the end); only the order depends on it.
+# Rough relative cost of one run. Problems go heaviest first, and within a problem the longest
+# runs first (so that the last worker does not run alone at the end); each problem's table is
+# printed as soon as its runs are in. Only the order depends on these numbers.
 COST_PROBLEM = {"BraninCurrin": 1.0, "DTLZ2": 1.0, "VehicleSafety": 3.0, "ZDT1": 1.0}
 COST_CONTENDER = {"ours": 60.0, "Ax Client": 60.0, "Optuna GPSampler": 12.0}
 
@@ -250,8 +251,9 @@ class UnitResult:
     seconds: float
 
 
-def set_threads(threads: int) -> None:
+def start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")  # the peers' deprecation warnings, once per import, would bury the progress lines
 
 
 def run_unit(unit: Unit, evaluations: int) -> UnitResult:
@@ -265,38 +267,48 @@ def run_unit(unit: Unit, evaluations: int) -> UnitResult:
     return UnitResult(unit, log_regret(problem, ys[: evaluations // 2]), log_regret(problem, ys[:evaluations]), seconds)
 
 
-def run_units(units: list[Unit], evaluations: int, jobs: int) -> list[UnitResult]:
-    """Runs the units, `jobs` at a time in worker processes (spawned: torch does not survive fork
-    well), each worker with cores/jobs torch threads so that the workers do not fight for cores."""
-    ordered = sorted(units, key=lambda u: -COST_PROBLEM[u.problem] * COST_CONTENDER.get(u.contender, 1.0))
-    results: list[UnitResult] = []
-
-    def report(result: UnitResult) -> None:
-        results.append(result)
-        u = result.unit
-        print(
-            f"   [{len(results)}/{len(units)}] {u.problem} {u.contender} seed {u.seed}: "
-            f"{result.final:.3f} ({result.seconds:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
+def run_units(units: list[Unit], evaluations: int, jobs: int) -> Iterator[UnitResult]:
+    """Yields the units' results as they come, `jobs` at a time in worker processes (spawned: torch
+    does not survive fork well), each worker with cores/jobs torch threads so they do not fight."""
+    ordered = sorted(
+        units, key=lambda u: (-COST_PROBLEM[u.problem], u.problem, -COST_CONTENDER.get(u.contender, 1.0), u.seed)
+    )
     if jobs <= 1:
         for unit in ordered:
-            report(run_unit(unit, evaluations))
-        return results
+            yield run_unit(unit, evaluations)
+        return
     threads = max(1, (os.cpu_count() or jobs) // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=set_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(run_unit, unit, evaluations) for unit in ordered]
         for future in as_completed(futures):
-            report(future.result())
-    return results
+            yield future.result()
+
+
+def print_table(problem: str, runs: list[UnitResult], contenders: list[str], evaluations: int) -> None:
+    half = evaluations // 2
+    by_contender = {
+        name: sorted((r for r in runs if r.unit.contender == name), key=lambda r: r.unit.seed) for name in contenders
+    }
+    print(f"\n{problems()[problem].name}: log10 HV regret, mean ± standard error (lower is better)\n")
+    print(f"| contender | after {half} | after {evaluations} | ours / this (final regret) | s per run |")
+    print("|---|---|---|---|---|")
+    ours = by_contender.get("ours")
+    ours_final = statistics.fmean(10**r.final for r in ours) if ours else None
+    for name, mine in by_contender.items():
+        h_mean, h_se = mean_se([r.half for r in mine])
+        f_mean, f_se = mean_se([r.final for r in mine])
+        peer_final = statistics.fmean(10**r.final for r in mine)
+        ratio = f"{ours_final / peer_final:.2f}" if ours_final is not None and name != "ours" else "-"
+        print(
+            f"| {name} | {h_mean:.3f} ± {h_se:.3f} | {f_mean:.3f} ± {f_se:.3f} | {ratio} "
+            f"| {statistics.fmean(r.seconds for r in mine):.0f} |",
+            flush=True,
+        )
 
 
 def synthetic(args: argparse.Namespace) -> None:
     contenders = [k for k in CONTENDERS if not args.only or k in args.only]
-    half = args.evaluations // 2
     print(
         f"{args.evaluations} evaluations in batches of {BATCH}, seeds {list(range(args.seeds))}, "
         f"{args.jobs} worker process(es); "
@@ -304,27 +316,21 @@ def synthetic(args: argparse.Namespace) -> None:
         flush=True,
     )
     units = [Unit(p, c, s) for p in args.problems for c in contenders for s in range(args.seeds)]
+    per_problem = {p: len(contenders) * args.seeds for p in args.problems}
+    done: dict[str, list[UnitResult]] = {p: [] for p in args.problems}
     started = time.perf_counter()
-    done = run_units(units, args.evaluations, args.jobs)
-    for key, problem_def in problems().items():
-        if key not in args.problems:
-            continue
-        mine = sorted((r for r in done if r.unit.problem == key), key=lambda r: r.unit.seed)
-        results = {name: [r for r in mine if r.unit.contender == name] for name in contenders}
-        print(f"\n{problem_def.name}: log10 HV regret, mean ± standard error (lower is better)\n")
-        print(f"| contender | after {half} | after {args.evaluations} | ours / this (final regret) | s per run |")
-        print("|---|---|---|---|---|")
-        ours_final = statistics.fmean(10**r.final for r in results["ours"]) if results.get("ours") else None
-        for name, runs in results.items():
-            h_mean, h_se = mean_se([r.half for r in runs])
-            f_mean, f_se = mean_se([r.final for r in runs])
-            peer_final = statistics.fmean(10**r.final for r in runs)
-            ratio = f"{ours_final / peer_final:.2f}" if ours_final is not None and name != "ours" else "-"
-            print(
-                f"| {name} | {h_mean:.3f} ± {h_se:.3f} | {f_mean:.3f} ± {f_se:.3f} | {ratio} "
-                f"| {statistics.fmean(r.seconds for r in runs):.0f} |",
-                flush=True,
-            )
+    for count, result in enumerate(run_units(units, args.evaluations, args.jobs), start=1):
+        u = result.unit
+        print(
+            f"   [{count}/{len(units)}] {u.problem} {u.contender} seed {u.seed}: "
+            f"{result.final:.3f} ({result.seconds:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        done[u.problem].append(result)
+        if len(done[u.problem]) == per_problem[u.problem]:
+            print_table(u.problem, done[u.problem], contenders, args.evaluations)
+            print(f"({(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
     print(f"\nwall time: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
@@ -336,12 +342,13 @@ def digits(args: argparse.Namespace) -> None:
     import yaml
     from rich.console import Console
 
-    from nas_operator.pareto import hypervolume
+    from nas_operator.pareto import hypervolume, pareto_indices
     from nas_operator.runner import run_local
     from nas_operator.spec_checks import load_experiment
 
     base = yaml.safe_load((ROOT / "examples" / "digits-mlp.yaml").read_text())
-    rows: dict[str, list[float]] = {}
+    half = args.digits_trials // 2
+    rows: dict[str, list[tuple[float, float, int, float]]] = {}
     for algorithm in ("auto", "sobol"):
         for seed in range(args.digits_seeds):
             document = copy.deepcopy(base)
@@ -358,24 +365,42 @@ def digits(args: argparse.Namespace) -> None:
                     show_progress=False,
                     workdir=ROOT,
                 )
-                value = hypervolume(experiment.spec, outcome.state.results())
-            rows.setdefault(algorithm, []).append(value)
+                seconds = time.perf_counter() - started
+            results = outcome.state.results()
+            first = {i: m for i, m in results.items() if i < half}
+            spec = experiment.spec
+            row = (hypervolume(spec, first), hypervolume(spec, results), len(pareto_indices(spec, results)), seconds)
+            rows.setdefault(algorithm, []).append(row)
+            # Front sizes part-way through say what a smaller budget (the demo's, say) would have found.
+            fronts = {
+                k: len(pareto_indices(spec, {i: m for i, m in results.items() if i < k}))
+                for k in sorted({half, 36, 40, args.digits_trials})
+                if k <= args.digits_trials
+            }
             print(
-                f"   digits {algorithm} seed {seed}: HV {value:.1f} ({time.perf_counter() - started:.0f} s)",
+                f"   digits {algorithm} seed {seed}: HV {row[1]:.1f}, front trials after "
+                f"{', '.join(f'{k}: {n}' for k, n in fronts.items())} ({seconds:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
     print(
-        f"\ndigits MLP (examples/digits-mlp.yaml), hypervolume after {args.digits_trials} trials (higher is better)\n"
+        f"\ndigits MLP (examples/digits-mlp.yaml, seeds 0-{args.digits_seeds - 1}): hypervolume above the "
+        "thresholds, mean ± standard error (higher is better)\n"
     )
-    print("| contender | mean ± standard error | per seed |")
-    print("|---|---|---|")
+    print(f"| contender | HV after {half} | HV after {args.digits_trials} | front trials | minutes per run |")
+    print("|---|---|---|---|---|")
     for algorithm, values in rows.items():
-        mean, se = mean_se(values)
+        h_mean, h_se = mean_se([v[0] for v in values])
+        f_mean, f_se = mean_se([v[1] for v in values])
+        fronts = ", ".join(str(v[2]) for v in values)
         label = "ours (Sobol, then qLogNEHVI)" if algorithm == "auto" else "Sobol only"
-        print(f"| {label} | {mean:.1f} ± {se:.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+        print(
+            f"| {label} | {h_mean:.1f} ± {h_se:.1f} | {f_mean:.1f} ± {f_se:.1f} | {fronts} "
+            f"| {statistics.fmean(v[3] for v in values) / 60:.1f} |"
+        )
     if "auto" in rows and "sobol" in rows:
-        print(f"\nratio ours / Sobol: {statistics.fmean(rows['auto']) / statistics.fmean(rows['sobol']):.3f}")
+        ratio = statistics.fmean(v[1] for v in rows["auto"]) / statistics.fmean(v[1] for v in rows["sobol"])
+        print(f"\nratio of final hypervolumes, ours / Sobol: {ratio:.3f}")
 
 
 def main() -> None:
