@@ -16,6 +16,7 @@ import copy
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -35,13 +36,13 @@ def response(p: dict[str, float]) -> dict[str, float]:
     return {"val_acc": acc, "num_params": 65 * h1 + h1 * h2 + 11 * h2 + 10}
 
 
-def engine_with_data(document: dict, observations: int) -> tuple[Engine, LoopState]:
+def engine_with_data(document: dict[str, Any], observations: int) -> tuple[Engine, LoopState]:
     spec = load_experiment(document).spec
     engine = Engine.create(spec, "bench")
     state = LoopState("bench", "x")
     while len(state.trials) < observations:
         for c in engine.generate(min(4, observations - len(state.trials))):
-            metrics = response(c.parameters)
+            metrics = response({k: float(v) for k, v in c.parameters.items()})
             engine.complete(c.index, metrics)
             state.trials[c.index] = TrialRecord(
                 c.index, f"bench-t{c.index}", c.parameters, c.generator, status="succeeded", metrics=metrics

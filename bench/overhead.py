@@ -63,7 +63,7 @@ class Outcome:
 
 
 def experiment_document(trials: int, parallelism: int, seconds: float, seed: int, prior: int) -> dict[str, Any]:
-    document = yaml.safe_load(EXAMPLE.read_text())
+    document: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     document["metadata"]["name"] = "overhead"
     spec = document["spec"]
     spec["budget"] = {"maxTrials": trials, "parallelism": parallelism}
@@ -216,8 +216,8 @@ def run_ax_orchestrator(document: dict[str, Any], workdir: Path, trials: int, pa
         ]
     )
     if prior:  # the same initialization trials as ours (same seed, same Sobol sequence)
-        for index, parameters in client.get_next_trials(max_trials=prior).items():
-            client.complete_trial(trial_index=index, raw_data=objectives_only(dict(parameters)))
+        for index, prior_parameters in client.get_next_trials(max_trials=prior).items():
+            client.complete_trial(trial_index=index, raw_data=objectives_only(dict(prior_parameters)))
     started = time.time()
     client.run_trials(max_trials=trials, parallelism=parallelism)
     wall = time.time() - started

@@ -183,7 +183,7 @@ def run_optuna(problem: Any, budget: int, seed: int, sampler_name: str) -> list[
     elif sampler_name == "gp":
         sampler = optuna.samplers.GPSampler(seed=seed)
     else:  # the class a study picks when given none (TPESampler in Optuna 5), built as it is, plus the seed
-        default = type(optuna.create_study(directions=["minimize"] * m).sampler)
+        default: Any = type(optuna.create_study(directions=["minimize"] * m).sampler)
         sampler = default(seed=seed)
     study = optuna.create_study(directions=["minimize"] * m, sampler=sampler)
     ys: list[list[float]] = []
@@ -206,7 +206,7 @@ def default_optuna_sampler_name() -> str:
 
 def run_sobol(problem: Any, budget: int, seed: int) -> list[list[float]]:
     dims = bounds(problem)
-    engine = torch.quasirandom.SobolEngine(dimension=len(dims), scramble=True, seed=seed)
+    engine = torch.quasirandom.SobolEngine(dimension=len(dims), scramble=True, seed=seed)  # type: ignore[no-untyped-call]
     unit = engine.draw(budget, dtype=torch.double)
     return [
         evaluate(problem, [lo + float(u) * (hi - lo) for u, (lo, hi) in zip(row, dims, strict=True)]) for row in unit
@@ -392,10 +392,10 @@ def digits(args: argparse.Namespace) -> None:
     for algorithm, values in rows.items():
         h_mean, h_se = mean_se([v[0] for v in values])
         f_mean, f_se = mean_se([v[1] for v in values])
-        fronts = ", ".join(str(v[2]) for v in values)
+        front_sizes = ", ".join(str(v[2]) for v in values)
         label = "ours (Sobol, then qLogNEHVI)" if algorithm == "auto" else "Sobol only"
         print(
-            f"| {label} | {h_mean:.1f} ± {h_se:.1f} | {f_mean:.1f} ± {f_se:.1f} | {fronts} "
+            f"| {label} | {h_mean:.1f} ± {h_se:.1f} | {f_mean:.1f} ± {f_se:.1f} | {front_sizes} "
             f"| {statistics.fmean(v[3] for v in values) / 60:.1f} |"
         )
     if "auto" in rows and "sobol" in rows:
