@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import math
 import multiprocessing
 import os
@@ -253,7 +254,11 @@ class UnitResult:
 
 def start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    warnings.simplefilter("ignore")  # the peers' deprecation warnings, once per import, would bury the progress lines
+    # The peers' deprecation warnings and Ax's per-trial INFO lines would bury the progress lines.
+    warnings.simplefilter("ignore")
+    from ax.utils.common.logger import set_stderr_log_level
+
+    set_stderr_log_level(logging.WARNING)
 
 
 def run_unit(unit: Unit, evaluations: int) -> UnitResult:
