@@ -254,8 +254,7 @@ class UnitResult:
 
 def start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    # The peers' deprecation warnings and Ax's per-trial INFO lines would bury the progress lines.
-    warnings.simplefilter("ignore")
+    # Ax's per-trial INFO lines would bury the progress lines (run_unit silences the warnings).
     from ax.utils.common.logger import set_stderr_log_level
 
     set_stderr_log_level(logging.WARNING)
@@ -263,12 +262,12 @@ def start_worker(threads: int) -> None:
 
 def run_unit(unit: Unit, evaluations: int) -> UnitResult:
     """One contender on one (problem, seed); module-level so that a worker process can run it."""
-    problem = problems()[unit.problem].build()
-    started = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the peers' deprecation warnings, from their imports on
+        problem = problems()[unit.problem].build()
+        started = time.perf_counter()
         ys = CONTENDERS[unit.contender](problem, evaluations, unit.seed)
-    seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     return UnitResult(unit, log_regret(problem, ys[: evaluations // 2]), log_regret(problem, ys[:evaluations]), seconds)
 
 
@@ -342,6 +341,19 @@ def synthetic(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ the digits NAS example
 
 
+@dataclass(frozen=True)
+class DigitsRun:
+    half_hv: float
+    final_hv: float
+    front: int
+    seconds: float
+
+
+def first_trials(results: dict[int, dict[str, float]], k: int) -> dict[int, dict[str, float]]:
+    """The results of the first k trials launched: what a budget of k would have seen."""
+    return {i: m for i, m in results.items() if i < k}
+
+
 def digits(args: argparse.Namespace) -> None:
     """The digits MLP example (real trainings): hypervolume after N trials, ours vs Sobol."""
     import yaml
@@ -353,7 +365,7 @@ def digits(args: argparse.Namespace) -> None:
 
     base = yaml.safe_load((ROOT / "examples" / "digits-mlp.yaml").read_text())
     half = args.digits_trials // 2
-    rows: dict[str, list[tuple[float, float, int, float]]] = {}
+    rows: dict[str, list[DigitsRun]] = {}
     for algorithm in ("auto", "sobol"):
         for seed in range(args.digits_seeds):
             document = copy.deepcopy(base)
@@ -372,18 +384,23 @@ def digits(args: argparse.Namespace) -> None:
                 )
                 seconds = time.perf_counter() - started
             results = outcome.state.results()
-            first = {i: m for i, m in results.items() if i < half}
             spec = experiment.spec
-            row = (hypervolume(spec, first), hypervolume(spec, results), len(pareto_indices(spec, results)), seconds)
-            rows.setdefault(algorithm, []).append(row)
+
             # Front sizes part-way through say what a smaller budget (the demo's, say) would have found.
             fronts = {
-                k: len(pareto_indices(spec, {i: m for i, m in results.items() if i < k}))
+                k: len(pareto_indices(spec, first_trials(results, k)))
                 for k in sorted({half, 36, 40, args.digits_trials})
                 if k <= args.digits_trials
             }
+            run = DigitsRun(
+                hypervolume(spec, first_trials(results, half)),
+                hypervolume(spec, results),
+                fronts[args.digits_trials],
+                seconds,
+            )
+            rows.setdefault(algorithm, []).append(run)
             print(
-                f"   digits {algorithm} seed {seed}: HV {row[1]:.1f}, front trials after "
+                f"   digits {algorithm} seed {seed}: HV {run.final_hv:.1f}, front trials after "
                 f"{', '.join(f'{k}: {n}' for k, n in fronts.items())} ({seconds:.0f} s)",
                 file=sys.stderr,
                 flush=True,
@@ -394,17 +411,17 @@ def digits(args: argparse.Namespace) -> None:
     )
     print(f"| contender | HV after {half} | HV after {args.digits_trials} | front trials | minutes per run |")
     print("|---|---|---|---|---|")
-    for algorithm, values in rows.items():
-        h_mean, h_se = mean_se([v[0] for v in values])
-        f_mean, f_se = mean_se([v[1] for v in values])
-        front_sizes = ", ".join(str(v[2]) for v in values)
+    for algorithm, runs in rows.items():
+        h_mean, h_se = mean_se([r.half_hv for r in runs])
+        f_mean, f_se = mean_se([r.final_hv for r in runs])
+        front_sizes = ", ".join(str(r.front) for r in runs)
         label = "ours (Sobol, then qLogNEHVI)" if algorithm == "auto" else "Sobol only"
         print(
             f"| {label} | {h_mean:.1f} ± {h_se:.1f} | {f_mean:.1f} ± {f_se:.1f} | {front_sizes} "
-            f"| {statistics.fmean(v[3] for v in values) / 60:.1f} |"
+            f"| {statistics.fmean(r.seconds for r in runs) / 60:.1f} |"
         )
     if "auto" in rows and "sobol" in rows:
-        ratio = statistics.fmean(v[1] for v in rows["auto"]) / statistics.fmean(v[1] for v in rows["sobol"])
+        ratio = statistics.fmean(r.final_hv for r in rows["auto"]) / statistics.fmean(r.final_hv for r in rows["sobol"])
         print(f"\nratio of final hypervolumes, ours / Sobol: {ratio:.3f}")
 
 
