@@ -1,4 +1,4 @@
-# The operator image: Kopf running nas_operator.handlers, with Ax/BoTorch on CPU torch.
+# The operator image: Kopf running nas_operator.cluster.handlers, with Ax/BoTorch on CPU torch.
 #   docker build -t ghcr.io/nas-operator/operator:0.1.0 .
 # The environment comes from scripts/install-env, the same command (and lock) that CI's setup
 # runs, so a green CI has installed exactly this dependency set.
@@ -29,5 +29,5 @@ COPY --from=build /opt/venv /opt/venv
 RUN useradd --uid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nas
 USER 10001:10001
 EXPOSE 8080 8081
-ENTRYPOINT ["kopf", "run", "-m", "nas_operator.handlers"]
+ENTRYPOINT ["kopf", "run", "-m", "nas_operator.cluster.handlers"]
 CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]

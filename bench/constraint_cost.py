@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from nas_operator.engine import Engine
-from nas_operator.spec_checks import load_experiment
-from nas_operator.state import LoopState, TrialRecord
-from nas_operator.store import decode, encode
+from nas_operator.core.state import LoopState, TrialRecord
+from nas_operator.resource.spec_checks import load_experiment
+from nas_operator.search.engine import Engine
+from nas_operator.storage.store import decode, encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-mlp-latency.yaml"
 

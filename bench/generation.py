@@ -45,8 +45,8 @@ def spec_document(objectives: int, observations: int) -> dict[str, Any]:
 
 def measure_point(observations: int, objectives: int, batch: int) -> dict[str, Any]:
     """In this process: complete `observations` initial trials, then time one model-based generation."""
-    from nas_operator.engine import Engine
-    from nas_operator.spec_checks import load_experiment
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.search.engine import Engine
 
     spec = load_experiment(spec_document(objectives, observations)).spec
     engine = Engine.create(spec, "bench")

@@ -84,11 +84,11 @@ def objectives_only(parameters: dict[str, Any]) -> dict[str, float]:
 
 
 def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: int) -> Outcome:
-    from nas_operator.engine import Engine
-    from nas_operator.runner import run_local
-    from nas_operator.spec_checks import load_experiment
-    from nas_operator.state import LoopState, TrialRecord, spec_fingerprint, trial_name
-    from nas_operator.store import FileStore
+    from nas_operator.core.state import LoopState, TrialRecord, spec_fingerprint, trial_name
+    from nas_operator.local.runner import run_local
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.search.engine import Engine
+    from nas_operator.storage.store import FileStore
 
     document = copy.deepcopy(document)
     document["spec"]["budget"]["maxTrials"] += prior

@@ -94,14 +94,14 @@ def bounds(problem: Any) -> list[tuple[float, float]]:
 
 
 def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
-    from nas_operator.backends.base import TrialLaunch
     from nas_operator.backends.inprocess import InProcessBackend
-    from nas_operator.engine import Engine
-    from nas_operator.loop import ExperimentLoop
-    from nas_operator.spec_checks import load_experiment
-    from nas_operator.state import LoopState, spec_fingerprint
-    from nas_operator.store import FileStore
-    from nas_operator.worker import InlineEngineWorker
+    from nas_operator.core.backend import TrialLaunch
+    from nas_operator.core.loop import ExperimentLoop
+    from nas_operator.core.state import LoopState, spec_fingerprint
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.search.engine import Engine
+    from nas_operator.search.worker import InlineEngineWorker
+    from nas_operator.storage.store import FileStore
 
     dims = bounds(problem)
     names = [f"f{i}" for i in range(problem.num_objectives)]
@@ -359,9 +359,9 @@ def digits(args: argparse.Namespace) -> None:
     import yaml
     from rich.console import Console
 
-    from nas_operator.pareto import hypervolume, pareto_indices
-    from nas_operator.runner import run_local
-    from nas_operator.spec_checks import load_experiment
+    from nas_operator.local.runner import run_local
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.search.pareto import hypervolume, pareto_indices
 
     base = yaml.safe_load((ROOT / "examples" / "digits-mlp.yaml").read_text())
     half = args.digits_trials // 2

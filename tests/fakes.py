@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas_operator.backends.base import Observation, TrialLaunch
-from nas_operator.engine import Candidate
-from nas_operator.state import LoopState, TrialRecord
+from nas_operator.core.backend import Observation, TrialLaunch
+from nas_operator.core.state import LoopState, TrialRecord
+from nas_operator.search.engine import Candidate
 
 
 class FakeEngine:

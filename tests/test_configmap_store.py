@@ -11,8 +11,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from nas_operator.state import LoopState, TrialRecord
-from nas_operator.store import ConfigMapStore, StateTooLarge
+from nas_operator.core.state import LoopState, TrialRecord
+from nas_operator.storage.store import ConfigMapStore, StateTooLarge
 from tests.k8s.cluster import ControlPlane
 
 pytestmark = pytest.mark.cluster

@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from nas_operator.cli import main
-from nas_operator.crd import crd, crd_yaml
+from nas_operator.resource.crd import crd, crd_yaml
 
 from .conftest import ROOT
 

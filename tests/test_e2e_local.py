@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from nas_operator.engine import Engine
-from nas_operator.spec_checks import load_experiment
-from nas_operator.store import FileStore
+from nas_operator.resource.spec_checks import load_experiment
+from nas_operator.search.engine import Engine
+from nas_operator.storage.store import FileStore
 
 from .conftest import EXAMPLES, load_yaml
 

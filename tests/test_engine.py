@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from nas_operator.engine import Engine
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.spec_checks import load_experiment
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec_checks import load_experiment
+from nas_operator.search.engine import Engine
 
 from .conftest import EXAMPLES, load_yaml, toy_doc
 

@@ -126,7 +126,7 @@ def test_trainer_entrypoint_runs() -> None:
 
 def test_operator_entrypoint_names_the_handlers_module_and_liveness_port() -> None:
     command = entrypoint(DOCKERFILES["operator"])
-    assert command[:4] == ["kopf", "run", "-m", "nas_operator.handlers"]
+    assert command[:4] == ["kopf", "run", "-m", "nas_operator.cluster.handlers"]
     assert "--liveness=http://0.0.0.0:8081/healthz" in command  # `docker run IMAGE` serves Kopf's probe
     result = subprocess.run(
         [str(VENV_BIN / "kopf"), *command[1:], "--help"], capture_output=True, text=True, timeout=60

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from kubernetes import config
 
-from nas_operator.backends.base import Observation, render_launch
 from nas_operator.backends.kubernetes import KubernetesBackend, build_job, parse_cpu, parse_memory_mb
-from nas_operator.metrics import read_trial_metrics
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.spec_checks import load_experiment
-from nas_operator.state import TrialRecord
+from nas_operator.core.backend import Observation, render_launch
+from nas_operator.core.metrics import read_trial_metrics
+from nas_operator.core.state import TrialRecord
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec_checks import load_experiment
 from tests.k8s.cluster import ControlPlane
 
 from .conftest import EXAMPLES, load_yaml

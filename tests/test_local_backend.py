@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from nas_operator.backends.base import render_launch
 from nas_operator.backends.local import LocalBackend, group_members
-from nas_operator.spec import TrialTemplate
-from nas_operator.state import TrialRecord
+from nas_operator.core.backend import render_launch
+from nas_operator.core.state import TrialRecord
+from nas_operator.resource.spec import TrialTemplate
 
 
 def _trial(index: int = 0, attempt: int = 0) -> TrialRecord:

@@ -6,12 +6,12 @@ import contextlib
 import threading
 from typing import Any
 
-from nas_operator.engine import Candidate
-from nas_operator.loop import Event, ExperimentLoop, reconcile_engine
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.spec_checks import load_experiment
-from nas_operator.state import LoopState, spec_fingerprint
-from nas_operator.worker import InlineEngineWorker, ThreadedEngineWorker
+from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.core.state import LoopState, spec_fingerprint
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec_checks import load_experiment
+from nas_operator.search.engine import Candidate
+from nas_operator.search.worker import InlineEngineWorker, ThreadedEngineWorker
 
 from .conftest import toy_doc
 from .fakes import FakeBackend, FakeClock, FakeEngine, MemoryStore, Script
@@ -296,8 +296,8 @@ def test_a_slow_engine_never_blocks_a_step() -> None:
 
 
 def test_in_process_backend_feeds_results_through_the_termination_message_path() -> None:
-    from nas_operator.backends.base import TrialLaunch
     from nas_operator.backends.inprocess import InProcessBackend
+    from nas_operator.core.backend import TrialLaunch
 
     def evaluate(launch: TrialLaunch) -> dict[str, float]:
         x = float(launch.parameters["x"])

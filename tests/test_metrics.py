@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from nas_operator.metrics import (
+from nas_operator.core.metrics import (
     MetricsError,
     metric_definitions,
     parse_termination_message,
     read_scalars,
     read_tensorboard_metrics,
 )
-from nas_operator.spec import MetricDefinition
-from nas_operator.spec_checks import load_experiment
+from nas_operator.resource.spec import MetricDefinition
+from nas_operator.resource.spec_checks import load_experiment
 
 from .conftest import EXAMPLES, load_yaml
 

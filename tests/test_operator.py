@@ -16,10 +16,10 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from nas_operator.pareto import pareto_indices
-from nas_operator.spec_checks import load_spec
-from nas_operator.store import ConfigMapStore
-from nas_operator.store_sql import SQLStore
+from nas_operator.resource.spec_checks import load_spec
+from nas_operator.search.pareto import pareto_indices
+from nas_operator.storage.store import ConfigMapStore
+from nas_operator.storage.store_sql import SQLStore
 from tests.k8s.cluster import ControlPlane, free_port
 
 from .conftest import EXAMPLES, ROOT, load_yaml
@@ -31,7 +31,7 @@ CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
 
 
 class OperatorProcess:
-    """The operator as its image runs it (`kopf run -m nas_operator.handlers`), watching the given namespaces.
+    """The operator as its image runs it (`kopf run -m nas_operator.cluster.handlers`), watching the given namespaces.
 
     Its Prometheus endpoint and Kopf's liveness endpoint listen on free loopback ports.
     """
@@ -54,7 +54,7 @@ class OperatorProcess:
                 str(Path(sys.executable).parent / "kopf"),
                 "run",
                 "-m",
-                "nas_operator.handlers",
+                "nas_operator.cluster.handlers",
                 "--standalone",
                 *[f"--namespace={namespace}" for namespace in namespaces],
             ]

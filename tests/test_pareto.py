@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nas_operator.pareto import feasible, hypervolume, hypervolume_of, non_dominated, pareto_indices
-from nas_operator.spec_checks import load_experiment
+from nas_operator.resource.spec_checks import load_experiment
+from nas_operator.search.pareto import feasible, hypervolume, hypervolume_of, non_dominated, pareto_indices
 
 from .conftest import toy_doc
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from nas_operator.cli import main
-from nas_operator.spec_checks import (
+from nas_operator.resource.spec_checks import (
     SpecError,
     load_experiment,
     load_spec,

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from nas_operator.state import LoopState, TrialRecord
-from nas_operator.store import CONFIGMAP_STATE_LIMIT
-from nas_operator.store_sql import SQLStore, StoreConflict
+from nas_operator.core.state import LoopState, TrialRecord
+from nas_operator.storage.store import CONFIGMAP_STATE_LIMIT
+from nas_operator.storage.store_sql import SQLStore, StoreConflict
 
 from .postgres import postgres_url  # noqa: F401  (fixture)
 

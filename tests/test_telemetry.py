@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nas_operator.spec import NASExperimentStatus, TrialCounts
-from nas_operator.telemetry import Telemetry
+from nas_operator.cluster.telemetry import Telemetry
+from nas_operator.resource.spec import NASExperimentStatus, TrialCounts
 
 from .conftest import ROOT
 

@@ -10,8 +10,8 @@ import click
 import yaml
 from rich.console import Console
 
-from nas_operator.spec import NASExperiment
-from nas_operator.spec_checks import SpecError, load_experiment
+from nas_operator.resource.spec import NASExperiment
+from nas_operator.resource.spec_checks import SpecError, load_experiment
 
 
 def _read_documents(path: Path) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def validate(files: tuple[Path, ...]) -> None:
 @main.command()
 def crd() -> None:
     """Print the NASExperiment CustomResourceDefinition (generated from the spec models)."""
-    from nas_operator.crd import crd_yaml
+    from nas_operator.resource.crd import crd_yaml
 
     click.echo(crd_yaml(), nl=False)
 
@@ -93,7 +93,7 @@ def crd() -> None:
 @click.option("--lookahead", type=int, default=None, help="Candidates generated ahead [default: parallelism].")
 def run(file: Path, results: Path | None, fresh: bool, no_progress: bool, lookahead: int | None) -> None:
     """Run (or resume) an experiment on this machine, each trial a local process."""
-    from nas_operator.runner import ResumeError, pareto_table, run_local
+    from nas_operator.local.runner import ResumeError, pareto_table, run_local
 
     experiment = load_experiment_file(file)
     results_dir = results or Path("nas-results") / experiment.metadata.name
@@ -148,7 +148,7 @@ def _get_experiment(api: Any, namespace: str, name: str) -> dict[str, Any]:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+    from nas_operator.resource.spec import API_GROUP, API_VERSION, PLURAL
 
     custom: Any = client.CustomObjectsApi(api)
     try:
@@ -171,7 +171,7 @@ def apply(file: Path, namespace: str | None, context: str | None) -> None:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
+    from nas_operator.resource.spec import API_GROUP, API_VERSION, PLURAL
 
     experiment = load_experiment_file(file)
     target = namespace or experiment.metadata.namespace or _current_namespace(None)
@@ -225,10 +225,10 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
     """The Pareto front of an experiment on the cluster, as a table (and a plot of every trial)."""
     from kubernetes import client
 
-    from nas_operator.results import plot_pareto_png
-    from nas_operator.runner import pareto_table
-    from nas_operator.spec_checks import load_experiment
-    from nas_operator.store import ConfigMapStore
+    from nas_operator.local.results import plot_pareto_png
+    from nas_operator.local.runner import pareto_table
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.storage.store import ConfigMapStore
 
     namespace = _current_namespace(namespace)
     api = _kube(context)

@@ -16,8 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from nas_operator.backends.base import Observation, TrialLaunch
-from nas_operator.state import TrialRecord
+from nas_operator.core.backend import Observation, TrialLaunch
+from nas_operator.core.state import TrialRecord
 
 TrialFunction = Callable[[TrialLaunch], Mapping[str, float]]
 

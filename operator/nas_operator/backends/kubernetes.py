@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nas_operator.backends.base import Observation, TrialLaunch
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.state import TrialRecord
+from nas_operator.core.backend import Observation, TrialLaunch
+from nas_operator.core.state import TrialRecord
+from nas_operator.resource.spec import NASExperimentSpec
 
 TRIAL_LOG_MOUNT = "/nas-logs"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"

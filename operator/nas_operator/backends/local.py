@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nas_operator.backends.base import Observation, TrialLaunch
-from nas_operator.state import TrialRecord
+from nas_operator.core.backend import Observation, TrialLaunch
+from nas_operator.core.state import TrialRecord
 
 # Runs the trial, then records its exit status atomically. `exec` is not used so the
 # status can be written; the wrapper and the trial share one process group.

@@ -27,8 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from nas_operator.state import LoopState
-from nas_operator.store import StoredState, decode, encode
+from nas_operator.core.state import LoopState
+from nas_operator.storage.store import StoredState, decode, encode
 
 metadata = MetaData()
 state_table = Table(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nas_operator.engine import Candidate, Engine
+from nas_operator.search.engine import Candidate, Engine
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from nas_operator.backends.local import LocalBackend
-from nas_operator.engine import Engine
-from nas_operator.loop import Event, ExperimentLoop, reconcile_engine
-from nas_operator.pareto import hypervolume
-from nas_operator.results import write_results
-from nas_operator.spec import NASExperiment
-from nas_operator.state import LoopState, spec_fingerprint
-from nas_operator.status import pareto_front
-from nas_operator.store import FileStore
-from nas_operator.worker import InlineEngineWorker, ThreadedEngineWorker
+from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.core.state import LoopState, spec_fingerprint
+from nas_operator.core.status import pareto_front
+from nas_operator.local.results import write_results
+from nas_operator.resource.spec import NASExperiment
+from nas_operator.search.engine import Engine
+from nas_operator.search.pareto import hypervolume
+from nas_operator.search.worker import InlineEngineWorker, ThreadedEngineWorker
+from nas_operator.storage.store import FileStore
 
 POLL_SECONDS = 0.25
 

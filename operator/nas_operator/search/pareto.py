@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.spec_checks import parse_outcome_constraint
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec_checks import parse_outcome_constraint
 
 
 def feasible(spec: NASExperimentSpec, metrics: Mapping[str, float]) -> bool:

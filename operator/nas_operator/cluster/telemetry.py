@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from nas_operator.spec import NASExperimentStatus
+from nas_operator.resource.spec import NASExperimentStatus
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
 TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped")

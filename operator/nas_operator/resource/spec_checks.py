@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nas_operator.spec import NASExperiment, NASExperimentSpec, Parameter
+from nas_operator.resource.spec import NASExperiment, NASExperimentSpec, Parameter
 
 # Placeholders the runtime fills in besides parameter names.
 RESERVED_PLACEHOLDERS = frozenset({"trial_dir", "log_dir", "trial_index", "trial_name", "experiment"})

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nas_operator.spec import NASExperimentSpec, Parameter
-from nas_operator.spec_checks import parse_outcome_constraint, parse_parameter_constraint
+from nas_operator.resource.spec import NASExperimentSpec, Parameter
+from nas_operator.resource.spec_checks import parse_outcome_constraint, parse_parameter_constraint
 
 Scalar = int | float | str | bool
 SNAPSHOT_FORMAT = "ax-client-json/1"

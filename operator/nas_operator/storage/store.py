@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas_operator.state import LoopState
+from nas_operator.core.state import LoopState
 
 DOCUMENT_FORMAT = "nas-operator-state/1"
 # Kubernetes refuses objects over 1 MiB (etcd's request limit, 1.5 MiB, with headroom). The

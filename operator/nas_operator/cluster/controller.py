@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend
-from nas_operator.engine import Engine
-from nas_operator.loop import Event, ExperimentLoop, reconcile_engine
-from nas_operator.spec import API_GROUP, API_VERSION, KIND, NASExperimentSpec, NASExperimentStatus
-from nas_operator.spec_checks import Problem, SpecError, load_spec
-from nas_operator.state import LoopState, spec_fingerprint
-from nas_operator.status import build_status, timestamp
-from nas_operator.store import ConfigMapStore, StateTooLarge
-from nas_operator.store_sql import SQLStore
-from nas_operator.telemetry import Telemetry
-from nas_operator.worker import ThreadedEngineWorker
+from nas_operator.cluster.telemetry import Telemetry
+from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.core.state import LoopState, spec_fingerprint
+from nas_operator.core.status import build_status, timestamp
+from nas_operator.resource.spec import API_GROUP, API_VERSION, KIND, NASExperimentSpec, NASExperimentStatus
+from nas_operator.resource.spec_checks import Problem, SpecError, load_spec
+from nas_operator.search.engine import Engine
+from nas_operator.search.worker import ThreadedEngineWorker
+from nas_operator.storage.store import ConfigMapStore, StateTooLarge
+from nas_operator.storage.store_sql import SQLStore
 
 log = logging.getLogger(__name__)
 TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}

@@ -1,6 +1,6 @@
 """Every Kopf decorator of the operator, and nothing else.
 
-Run with `kopf run -m nas_operator.handlers` (the operator image does). A timer per
+Run with `kopf run -m nas_operator.cluster.handlers` (the operator image does). A timer per
 NASExperiment runs one reconcile step every few seconds in a worker thread, so one slow
 experiment (a model fit, a large state) never stalls the event loop or the others.
 Kopf's bookkeeping lives under our own annotation prefix and finalizer. Prometheus metrics
@@ -16,9 +16,9 @@ from typing import Any
 
 import kopf
 
-from nas_operator.controller import ExperimentController
-from nas_operator.spec import API_GROUP, API_VERSION, PLURAL
-from nas_operator.telemetry import Telemetry
+from nas_operator.cluster.controller import ExperimentController
+from nas_operator.cluster.telemetry import Telemetry
+from nas_operator.resource.spec import API_GROUP, API_VERSION, PLURAL
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 STEP_SECONDS = float(os.environ.get("NAS_STEP_SECONDS", "2"))

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas_operator.spec import MetricDefinition, NASExperimentSpec
+from nas_operator.resource.spec import MetricDefinition, NASExperimentSpec
 
 log = logging.getLogger(__name__)
 EVENT_FILE_MARKER = "tfevents"

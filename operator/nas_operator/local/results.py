@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nas_operator.pareto import feasible, pareto_indices
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.state import LoopState
-from nas_operator.status import build_status
+from nas_operator.core.state import LoopState
+from nas_operator.core.status import build_status
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.search.pareto import feasible, pareto_indices
 
 
 def write_results(spec: NASExperimentSpec, state: LoopState, directory: Path, html: bool = True) -> list[Path]:

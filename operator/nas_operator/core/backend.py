@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from nas_operator.spec import TrialTemplate
-from nas_operator.state import TrialRecord
+from nas_operator.core.state import TrialRecord
+from nas_operator.resource.spec import TrialTemplate
 
 ObservedStatus = Literal["running", "succeeded", "failed", "missing"]
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from nas_operator.spec import NASExperimentSpec
+from nas_operator.resource.spec import NASExperimentSpec
 
 TrialStatus = Literal["queued", "launching", "running", "succeeded", "failed", "stopped"]
 ACTIVE: frozenset[str] = frozenset({"launching", "running"})

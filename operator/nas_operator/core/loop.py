@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nas_operator.backends.base import Backend, Observation, render_launch
-from nas_operator.engine import Engine
-from nas_operator.metrics import MetricsError, read_trial_metrics
-from nas_operator.spec import NASExperimentSpec
-from nas_operator.spec_checks import parse_duration
-from nas_operator.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
-from nas_operator.worker import EngineWorker
+from nas_operator.core.backend import Backend, Observation, render_launch
+from nas_operator.core.metrics import MetricsError, read_trial_metrics
+from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
+from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec_checks import parse_duration
+from nas_operator.search.engine import Engine
+from nas_operator.search.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from nas_operator.pareto import hypervolume, pareto_indices
-from nas_operator.spec import Condition, NASExperimentSpec, NASExperimentStatus, ParetoPoint, TrialCounts
-from nas_operator.state import LoopState
+from nas_operator.core.state import LoopState
+from nas_operator.resource.spec import Condition, NASExperimentSpec, NASExperimentStatus, ParetoPoint, TrialCounts
+from nas_operator.search.pareto import hypervolume, pareto_indices
 
 
 def timestamp(seconds: float | None) -> str | None:

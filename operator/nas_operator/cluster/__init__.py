@@ -1,0 +1,1 @@
+"""The operator shell: Kopf handlers, the per-experiment controller, Prometheus telemetry."""

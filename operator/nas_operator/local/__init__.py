@@ -1,0 +1,1 @@
+"""The `nasctl run` shell: the loop on this machine and the results directory it writes."""
