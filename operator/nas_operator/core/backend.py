@@ -42,6 +42,25 @@ class Observation:
     handle: dict[str, Any] | None = None  # an updated handle (a retry started, say)
     termination_message: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Where this trial's logs are, when the backend knows better than `log_dir()` (the directory of the one pod
+    # that succeeded, so a retried pod's or an earlier run's events are never read).
+    log_dir: Path | None = None
+
+
+class LaunchError(Exception):
+    """The trial cannot be started, now or later (the message says why); the trial fails with it.
+
+    Raised, for example, when an object of the trial's name exists but belongs to another experiment or was created
+    with other parameters: adopting it would record a foreign result.
+    """
+
+
+class TransientLaunchError(Exception):
+    """Starting the trial failed in a way worth retrying (throttled, a server error, a timeout).
+
+    The trial stays `launching` and the loop retries with backoff; since the create may have succeeded before the
+    error reached us, the backend's launch must adopt what it finds on the retry.
+    """
 
 
 class Backend(Protocol):
