@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
 from nas_operator.core.state import LoopState, TrialRecord
-from nas_operator.storage.store import ConfigMapStore, StateTooLarge
+from nas_operator.storage.store import ConfigMapStore, ForeignState, StateTooLarge, StoreConflict
 from tests.k8s.cluster import ControlPlane
 
 pytestmark = pytest.mark.cluster
@@ -44,9 +43,27 @@ def test_round_trip_and_a_second_writer_gets_a_conflict(core: client.CoreV1Api, 
     stale = ConfigMapStore(core, namespace, "exp")
     stale.load()
     store.save(_state(5), {})
-    with pytest.raises(ApiException) as conflict:
+    with pytest.raises(StoreConflict, match="changed since it was read"):
         stale.save(_state(5), {})  # written with an old resourceVersion: refused, nothing overwritten
-    assert conflict.value.status == 409
+    blind = ConfigMapStore(core, namespace, "exp")
+    with pytest.raises(StoreConflict, match="created by someone else"):
+        blind.save(_state(1), {})  # never read, so it must not replace what is there
+
+
+def test_a_state_of_another_experiment_object_is_refused_untouched(core: client.CoreV1Api, namespace: str) -> None:
+    old = {"apiVersion": "nas.operator.dev/v1alpha1", "kind": "NASExperiment", "name": "exp", "uid": "old-uid"}
+    state = _state(2)
+    state.uid = "old-uid"
+    ConfigMapStore(core, namespace, "exp", owner_reference=old).save(state, {})
+    new = {**old, "uid": "new-uid"}
+    with pytest.raises(ForeignState, match="owned by an earlier experiment of this name"):
+        ConfigMapStore(core, namespace, "exp", owner_reference=new).load()
+    # The same state with its owner reference stripped (copied by hand, say) is still refused by the uid inside it.
+    core.patch_namespaced_config_map("exp-nas-state", namespace, {"metadata": {"ownerReferences": None}})
+    with pytest.raises(ForeignState, match="uid old-uid, this one is new-uid"):
+        ConfigMapStore(core, namespace, "exp", owner_reference=new).load()
+    loaded = ConfigMapStore(core, namespace, "exp", owner_reference=old).load()
+    assert loaded is not None and sorted(loaded.state.trials) == [0, 1]
 
 
 def test_state_over_the_limit_is_refused_before_the_api_server_would(core: client.CoreV1Api, namespace: str) -> None:

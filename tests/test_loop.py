@@ -6,6 +6,7 @@ import contextlib
 import threading
 from typing import Any
 
+from nas_operator.core.backend import LaunchError, TransientLaunchError, TrialLaunch
 from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.resource.spec import NASExperimentSpec
@@ -297,7 +298,6 @@ def test_a_slow_engine_never_blocks_a_step() -> None:
 
 def test_in_process_backend_feeds_results_through_the_termination_message_path() -> None:
     from nas_operator.backends.inprocess import InProcessBackend
-    from nas_operator.core.backend import TrialLaunch
 
     def evaluate(launch: TrialLaunch) -> dict[str, float]:
         x = float(launch.parameters["x"])
@@ -322,3 +322,99 @@ def test_in_process_backend_feeds_results_through_the_termination_message_path()
     assert state.trials[3].reason == "raised RuntimeError: diverged"
     assert engine.completed[5] == {"f1": 0.05, "f2": 0.95}
     assert sorted(backend.launches) == [f"toy-t{i}" for i in range(6)]
+
+
+def test_a_failed_save_launches_nothing_and_the_healed_store_launches_each_trial_once() -> None:
+    store = MemoryStore()
+    h = Harness(toy_spec(maxTrials=4, parallelism=2), FakeBackend(lambda n: Script(polls=2)), store=store)
+    h.loop.step()  # candidates generated and saved
+    store.fail_after = store.saves  # every later save fails
+    for _ in range(3):
+        with contextlib.suppress(RuntimeError):
+            h.loop.step()
+        h.clock.advance(1)
+    assert h.backend.launches == {}
+    assert h.state.count("launching", "running") == 0  # what the store does not know was never started
+    store.fail_after = None
+    h.run()
+    assert h.backend.launches == {f"toy-t{i}": 1 for i in range(4)}
+
+
+class _FlakyLaunches(FakeBackend):
+    """Refuses the first `transient` launches of each trial as the API server does under load (429/5xx)."""
+
+    def __init__(self, transient: int, permanent: set[str] | None = None) -> None:
+        super().__init__()
+        self.transient = transient
+        self.permanent = permanent or set()
+        self.tries: dict[str, int] = {}
+
+    def launch(self, launch: TrialLaunch) -> dict[str, Any]:
+        self.tries[launch.name] = self.tries.get(launch.name, 0) + 1
+        if launch.name in self.permanent:
+            raise LaunchError(f"Job {launch.name} exists and belongs to another experiment")
+        if self.tries[launch.name] <= self.transient:
+            raise TransientLaunchError("429 Too Many Requests")
+        return super().launch(launch)
+
+
+def test_a_throttled_launch_is_retried_with_backoff_and_runs_once() -> None:
+    backend = _FlakyLaunches(transient=3)
+    h = Harness(toy_spec(maxTrials=2, parallelism=2), backend)
+    h.run(tick=1.0)
+    assert h.state.count("succeeded") == 2
+    assert backend.launches == {"toy-t0": 1, "toy-t1": 1}
+    assert backend.tries == {"toy-t0": 4, "toy-t1": 4}  # backoff 2 s, 4 s, 8 s: a try per backoff, not per step
+    assert sum(e.reason == "TrialLaunchRetry" for e in h.events) == 6
+
+
+def test_a_launch_that_never_gets_through_fails_that_trial_after_the_limit() -> None:
+    backend = _FlakyLaunches(transient=1000)
+    h = Harness(toy_spec(maxTrials=6, parallelism=1, minFailedTrials=100), backend)
+    for _ in range(400):
+        h.loop.step()
+        h.clock.advance(5)
+        if h.state.trials.get(0) is not None and h.state.trials[0].status == "failed":
+            break
+    assert h.state.trials[0].status == "failed"
+    assert "after 8 tries: 429 Too Many Requests" in h.state.trials[0].reason
+    assert backend.tries["toy-t0"] == 8
+
+
+def test_a_foreign_job_fails_that_trial_and_records_no_result() -> None:
+    backend = _FlakyLaunches(transient=0, permanent={"toy-t1"})
+    h = Harness(toy_spec(maxTrials=3, parallelism=1), backend)
+    h.run()
+    assert h.state.trials[1].status == "failed" and h.state.trials[1].metrics == {}
+    assert "belongs to another experiment" in h.state.trials[1].reason
+    assert h.state.trials[0].status == h.state.trials[2].status == "succeeded"
+
+
+def test_a_metrics_reader_that_raises_fails_that_trial_only(monkeypatch: Any) -> None:
+    import nas_operator.core.loop as loop_module
+
+    real = loop_module.read_trial_metrics
+
+    def reader(spec: NASExperimentSpec, log_dir: Any, message: str | None) -> dict[str, float]:
+        if message and '"boom"' in message:
+            raise OverflowError("int too large to convert to float")
+        return real(spec, log_dir, message)
+
+    monkeypatch.setattr(loop_module, "read_trial_metrics", reader)
+    h = Harness(
+        toy_spec(maxTrials=3, parallelism=1),
+        FakeBackend(lambda n: Script(metrics={"f1": 0.1, "f2": 0.2, "boom": 1}) if n == "toy-t1" else Script()),
+    )
+    h.run()
+    assert h.state.trials[1].status == "failed"
+    assert h.state.trials[1].reason == "metrics: unreadable: OverflowError: int too large to convert to float"
+    assert h.state.trials[0].status == h.state.trials[2].status == "succeeded"
+
+
+def test_rendering_fills_bare_names_only_and_never_raises() -> None:
+    from nas_operator.core.backend import render
+
+    values = {"x": 0.25, "n": 3, "flag": True}
+    assert render("--x={x} --n={n} --flag={flag} {{literal}}", values) == "--x=0.25 --n=3 --flag=true {literal}"
+    hostile = "{x:>4000000000}{x!r}{x.real}{x[0]}{}{0}{unknown}{"
+    assert render(hostile, values) == hostile  # left as written: validation refuses these, launching never fails

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from nas_operator.core.state import LoopState, TrialRecord
-from nas_operator.storage.store import CONFIGMAP_STATE_LIMIT
-from nas_operator.storage.store_sql import SQLStore, StoreConflict
+from nas_operator.storage.store import CONFIGMAP_STATE_LIMIT, ForeignState, StoreConflict
+from nas_operator.storage.store_sql import SQLStore, UnsafeDatabaseURL, check_database_url
 
 from .postgres import postgres_url  # noqa: F401  (fixture)
 
@@ -45,3 +45,42 @@ def test_holds_states_a_configmap_cannot(postgres_url: str) -> None:  # noqa: F8
     assert store.last_size > CONFIGMAP_STATE_LIMIT
     loaded = SQLStore(postgres_url, "team-a", "large").load()
     assert loaded is not None and loaded.engine == big
+
+
+def test_a_row_of_another_experiment_object_is_refused(postgres_url: str) -> None:  # noqa: F811
+    state = _state(1)
+    state.uid = "old-uid"
+    SQLStore(postgres_url, "team-a", "reused", uid="old-uid").save(state, {})
+    with pytest.raises(ForeignState, match="uid old-uid, this one is new-uid"):
+        SQLStore(postgres_url, "team-a", "reused", uid="new-uid").load()
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("sqlite:////etc/nas.db", 'driver "sqlite" is not allowed'),
+        ("mysql://root@db/nas", 'driver "mysql" is not allowed'),
+        ("postgresql+psycopg:///postgres", "names no host"),
+        ("not a url", "not a SQLAlchemy database URL"),
+    ],
+)
+def test_only_postgresql_servers_are_accepted_as_state_stores(url: str, rule: str) -> None:
+    with pytest.raises(UnsafeDatabaseURL, match=rule) as refused:
+        check_database_url(url)
+    assert "/etc/nas.db" not in str(refused.value)  # the URL (it may hold a password) is never echoed
+
+
+def test_a_state_in_the_first_format_is_still_read() -> None:
+    from nas_operator.storage.store import decode, encode
+
+    document = _state(2).to_json()
+    document["format"] = 1
+    del document["uid"]
+    blob = encode(_state(0), {})
+    import gzip
+    import json
+
+    wrapped = json.loads(gzip.decompress(blob))
+    wrapped["state"] = document
+    stored = decode(gzip.compress(json.dumps(wrapped).encode()))
+    assert stored.state.uid == "" and sorted(stored.state.trials) == [0, 1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import string
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +94,25 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+# `{name}` fields and the `{{`/`}}` escapes, nothing else: validation refuses format specs, conversions and
+# attribute or index access, and rendering must never fail nor amplify (`{x:>4000000000}` would build a 4 GB string).
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def render(template: str, values: Mapping[str, Any]) -> str:
-    return string.Formatter().vformat(template, (), {k: format_value(v) for k, v in values.items()})
+    """Fill `{name}` placeholders; anything else (an unknown name, a stray brace) is left as written.
+
+    Total by construction: a spec stored before a validation rule existed can never make a launch raise.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text in ("{{", "}}"):
+            return text[0]
+        name = match.group(1)
+        return format_value(values[name]) if name in values else text
+
+    return _FIELD.sub(replace, template)
 
 
 def render_launch(

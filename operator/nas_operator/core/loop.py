@@ -11,7 +11,14 @@ Persistence rules that make restarts safe:
 - a trial is written as `launching` before the backend is asked to start it, and the
   backend adopts a trial that already exists, so a crash in between never runs it twice;
 - a finished trial's result is written to the trial table at once, even while the engine is
-  busy; `reconcile_engine` replays into a restored engine whatever its snapshot missed.
+  busy; `reconcile_engine` replays into a restored engine whatever its snapshot missed;
+- fail closed: when a save fails, nothing it would have recorded is acted on (trials marked
+  `launching` go back to `queued` before the error leaves the step), so the store never lags
+  behind the cluster.
+
+A trial's own troubles stay the trial's: a metrics reader that raises, a launch refused for
+good, a Job that belongs to someone else fail that trial with the reason; errors worth
+retrying (the API server throttling or failing) keep it `launching` and retry with backoff.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nas_operator.core.backend import Backend, Observation, render_launch
+from nas_operator.core.backend import Backend, LaunchError, Observation, TransientLaunchError, render_launch
+from nas_operator.core.faults import crash_point
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
 from nas_operator.resource.spec import NASExperimentSpec
@@ -31,6 +39,10 @@ from nas_operator.search.engine import Engine
 from nas_operator.search.worker import EngineWorker
 
 log = logging.getLogger(__name__)
+# Retrying a launch the API server refused for now (429, 5xx, a timeout): exponential backoff, then the trial fails.
+LAUNCH_RETRY_FIRST_SECONDS = 2.0
+LAUNCH_RETRY_MAX_SECONDS = 60.0
+LAUNCH_RETRY_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class ExperimentLoop:
         self.generation_seconds: list[float] = []
         self.last_engine_error = ""
         self._dirty = False
+        self._concluded = False
         now = clock()
         if state.started_at is None:
             state.started_at = now
@@ -131,6 +144,7 @@ class ExperimentLoop:
     def step(self) -> bool:
         """One reconcile step; returns whether anything changed."""
         now = self.clock()
+        self._concluded = False
         changed = self._absorb_worker_output(now)
         if self.finished:
             if not self._reopen_if_allowed(now):
@@ -160,9 +174,12 @@ class ExperimentLoop:
         self.state.phase, self.state.reason, self.state.message = "Stopped", "Interrupted", message
         self.persist()
 
-    def persist(self) -> None:
+    def persist(self, purpose: str = "step") -> None:
+        """Save the trial table and the engine snapshot; raises when the store refused (nothing is then acted on)."""
         self._account_time()  # so a crash loses at most the time since the last save
+        crash_point(f"save:{purpose}:before")
         self.store.save(self.state, self.engine_snapshot)
+        crash_point(f"save:{purpose}:after")
         self._dirty = False
 
     # ------------------------------------------------------------------ steps
@@ -189,7 +206,7 @@ class ExperimentLoop:
             )
             changed = True
         if output.candidates:
-            self.persist()  # the snapshot that holds these candidates is in hand: store both first
+            self.persist("candidates")  # the snapshot that holds these candidates is in hand: store both first
         return changed
 
     def _observe(self, now: float) -> bool:
@@ -214,12 +231,16 @@ class ExperimentLoop:
         return changed
 
     def _conclude(self, trial: TrialRecord, observation: Observation, now: float) -> None:
+        self._concluded = True
         if observation.status == "succeeded":
-            log_dir = self.backend.log_dir(self.state.experiment, trial.name)
+            log_dir = observation.log_dir or self.backend.log_dir(self.state.experiment, trial.name)
             try:
                 metrics = read_trial_metrics(self.spec, log_dir, observation.termination_message)
             except MetricsError as exc:
                 self._finish_trial(trial, "failed", now, reason=f"metrics: {exc}")
+            except Exception as exc:  # a reader bug or a hostile file: this trial fails, the step goes on
+                log.exception("reading the metrics of %s failed", trial.name)
+                self._finish_trial(trial, "failed", now, reason=f"metrics: unreadable: {type(exc).__name__}: {exc}")
             else:
                 self._finish_trial(trial, "succeeded", now, metrics=metrics)
         elif observation.status == "missing":
@@ -252,8 +273,12 @@ class ExperimentLoop:
             self._emit("TrialStopped", reason, trial.name)
 
     def _launch_pending_launches(self) -> bool:
-        """Trials marked `launching` by a step that did not finish (a crash): launch or adopt them."""
-        pending = self.state.by_status("launching")
+        """Trials marked `launching` but not started: a crash in between, or a launch the API refused for now.
+
+        Launching again is safe: the backend adopts a trial that already exists (the create may have landed).
+        """
+        now = self.clock()
+        pending = [t for t in self.state.by_status("launching") if t.handle.get("retry_at", 0.0) <= now]
         for trial in pending:
             self._start(trial)
         return bool(pending)
@@ -263,15 +288,35 @@ class ExperimentLoop:
         timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
         log_dir, trial_dir = self.backend.trial_paths(self.state.experiment, trial.name)
         launch = render_launch(self.state.experiment, trial, self.spec.trial, log_dir, trial_dir, timeout)
+        crash_point("create:before")
         try:
-            trial.handle = self.backend.launch(launch)
-        except Exception as exc:
-            log.exception("launching %s failed", trial.name)
+            handle = self.backend.launch(launch)
+        except TransientLaunchError as exc:
+            self._retry_launch_later(trial, now, str(exc))
+            return
+        except LaunchError as exc:
             self._finish_trial(trial, "failed", now, reason=f"could not be launched: {exc}")
             return
+        except Exception as exc:
+            log.exception("launching %s failed", trial.name)
+            self._finish_trial(trial, "failed", now, reason=f"could not be launched: {type(exc).__name__}: {exc}")
+            return
+        crash_point("create:after")
+        trial.handle = handle
         trial.status = "running"
         trial.started_at = now
         self._emit("TrialLaunched", _short_parameters(trial.parameters), trial.name)
+
+    def _retry_launch_later(self, trial: TrialRecord, now: float, error: str) -> None:
+        """Keep the trial `launching` (it holds its slot) and try again after a backoff; give up after a limit."""
+        tries = int(trial.handle.get("launch_tries", 0)) + 1
+        if tries >= LAUNCH_RETRY_LIMIT:
+            self._finish_trial(trial, "failed", now, reason=f"could not be launched after {tries} tries: {error}")
+            return
+        delay = min(LAUNCH_RETRY_MAX_SECONDS, LAUNCH_RETRY_FIRST_SECONDS * 2 ** (tries - 1))
+        trial.handle = {**trial.handle, "launch_tries": tries, "retry_at": now + delay}
+        self._dirty = True
+        self._emit("TrialLaunchRetry", f"try {tries} failed ({error}); retrying in {delay:.0f}s", trial.name, True)
 
     def _launch_into_free_slots(self, now: float) -> bool:
         free = self.spec.budget.parallelism - self.state.count(*ACTIVE)
@@ -280,7 +325,12 @@ class ExperimentLoop:
             return False
         for trial in ready:
             trial.status = "launching"
-        self.persist()  # before any backend call: a restart then knows these were meant to start
+        try:
+            self.persist("launch")  # before any backend call: a restart then knows these were meant to start
+        except BaseException:
+            for trial in ready:  # fail closed: what the store does not know was never launched
+                trial.status = "queued"
+            raise
         for trial in ready:
             self._start(trial)
         return True
@@ -388,7 +438,7 @@ class ExperimentLoop:
 
     def _persist_if(self, changed: bool) -> bool:
         if changed or self._dirty:
-            self.persist()
+            self.persist("result" if self._concluded else "step")
         return changed
 
     def _emit(self, reason: str, message: str, trial: str | None = None, warning: bool = False) -> None:

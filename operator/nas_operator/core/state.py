@@ -24,7 +24,10 @@ TrialStatus = Literal["queued", "launching", "running", "succeeded", "failed", "
 ACTIVE: frozenset[str] = frozenset({"launching", "running"})
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
-STATE_FORMAT = 1
+# 2: the experiment's uid is recorded (format 1 states have none and are adopted by the first experiment that reads
+# them, which then records its uid).
+STATE_FORMAT = 2
+READABLE_FORMATS = frozenset({1, 2})
 
 
 @dataclass
@@ -53,6 +56,9 @@ class TrialRecord:
 class LoopState:
     experiment: str
     fingerprint: str
+    # The uid of the NASExperiment object this state belongs to (empty for local runs). A state whose uid is not
+    # the reader's belongs to another object of the same name (deleted and re-created): it is never used.
+    uid: str = ""
     trials: dict[int, TrialRecord] = field(default_factory=dict)
     phase: str = "Pending"
     reason: str = ""
@@ -85,8 +91,11 @@ class LoopState:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> LoopState:
-        if document.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown state format {document.get('format')!r}")
+        if document.get("format") not in READABLE_FORMATS:
+            raise ValueError(
+                f"unknown state format {document.get('format')!r} (this version reads formats "
+                f"{', '.join(str(f) for f in sorted(READABLE_FORMATS))})"
+            )
         fields = {k: v for k, v in document.items() if k not in ("format", "trials")}
         trials = {t["index"]: TrialRecord(**t) for t in document["trials"]}
         return cls(trials=trials, **fields)

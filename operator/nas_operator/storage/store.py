@@ -30,6 +30,23 @@ class StateTooLarge(RuntimeError):
     """The state no longer fits where it is stored; the experiment must move to SQL storage."""
 
 
+class StoreConflict(RuntimeError):
+    """Someone else wrote this experiment's state since it was read: re-read it, never overwrite it."""
+
+
+class ForeignState(RuntimeError):
+    """The stored state belongs to another object of the same name (deleted and re-created): never used."""
+
+
+def check_owner(state: LoopState, uid: str, where: str) -> None:
+    """Refuse a state recorded by another experiment object; a state from before uids were recorded is adopted."""
+    if uid and state.uid and state.uid != uid:
+        raise ForeignState(
+            f"{where} holds the state of an earlier experiment of this name (uid {state.uid}, this one is {uid}); "
+            "it is left untouched: delete it to start this experiment afresh"
+        )
+
+
 @dataclass
 class StoredState:
     state: LoopState
@@ -93,6 +110,7 @@ class ConfigMapStore:
         experiment: str,
         owner_reference: dict[str, Any] | None = None,
         limit: int = CONFIGMAP_STATE_LIMIT,
+        request_timeout: float = 30.0,
     ) -> None:
         self.api = core_api
         self.namespace = namespace
@@ -100,6 +118,7 @@ class ConfigMapStore:
         self.experiment = experiment
         self.owner_reference = owner_reference
         self.limit = limit
+        self.request_timeout = request_timeout
         self.last_size = 0
         self._resource_version: str | None = None
 
@@ -124,16 +143,32 @@ class ConfigMapStore:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            config_map = self.api.read_namespaced_config_map(self.name, self.namespace)
+            config_map = self.api.read_namespaced_config_map(
+                self.name, self.namespace, _request_timeout=self.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        self._resource_version = config_map.metadata.resource_version
+        where = f"ConfigMap {self.namespace}/{self.name}"
+        uid = (self.owner_reference or {}).get("uid", "")
+        owners = {
+            o.uid
+            for o in (config_map.metadata.owner_references or [])
+            if o.kind == (self.owner_reference or {}).get("kind")
+        }
+        if uid and owners and uid not in owners:
+            raise ForeignState(
+                f"{where} is owned by an earlier experiment of this name (uid {', '.join(sorted(owners))}); it is left "
+                "untouched and goes with that experiment's garbage collection"
+            )
         data = (config_map.binary_data or {}).get(CONFIGMAP_KEY)
         if data is None:
-            raise ValueError(f"ConfigMap {self.namespace}/{self.name} has no {CONFIGMAP_KEY}")
-        return decode(base64.b64decode(data))
+            raise ValueError(f"{where} has no {CONFIGMAP_KEY}")
+        stored = decode(base64.b64decode(data))
+        check_owner(stored.state, uid, where)
+        self._resource_version = config_map.metadata.resource_version
+        return stored
 
     def save(self, state: LoopState, engine_snapshot: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -146,16 +181,27 @@ class ConfigMapStore:
             )
         if self._resource_version is None:
             try:
-                created = self.api.create_namespaced_config_map(self.namespace, self._body(blob))
+                created = self.api.create_namespaced_config_map(
+                    self.namespace, self._body(blob), _request_timeout=self.request_timeout
+                )
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-                self.load()  # it exists (written by an earlier life of this process): take its version
-            else:
-                self._resource_version = created.metadata.resource_version
-                self.last_size = len(blob)
-                return
-        replaced = self.api.replace_namespaced_config_map(self.name, self.namespace, self._body(blob))
+                # It exists, though this process never read it: someone wrote it since. Never overwrite blindly.
+                raise StoreConflict(f"ConfigMap {self.namespace}/{self.name} was created by someone else") from None
+            self._resource_version = created.metadata.resource_version
+            self.last_size = len(blob)
+            return
+        try:
+            replaced = self.api.replace_namespaced_config_map(
+                self.name, self.namespace, self._body(blob), _request_timeout=self.request_timeout
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):  # changed or deleted behind our back: re-read before anything else
+                raise StoreConflict(
+                    f"ConfigMap {self.namespace}/{self.name} changed since it was read ({exc.status} {exc.reason})"
+                ) from None
+            raise
         self._resource_version = replaced.metadata.resource_version
         self.last_size = len(blob)
 
@@ -163,7 +209,7 @@ class ConfigMapStore:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.api.delete_namespaced_config_map(self.name, self.namespace)
+            self.api.delete_namespaced_config_map(self.name, self.namespace, _request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -25,10 +25,36 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from nas_operator.core.state import LoopState
-from nas_operator.storage.store import StoredState, decode, encode
+from nas_operator.storage.store import StoreConflict, StoredState, check_owner, decode, encode
+
+# The operator connects wherever a Secret's URL points, on its own network identity: only database servers, never a
+# dialect that opens files in the operator's pod (sqlite) or drivers that are not installed.
+ALLOWED_DRIVERS = frozenset({"postgresql", "postgresql+psycopg"})
+CONNECT_TIMEOUT_SECONDS = 10
+STATEMENT_TIMEOUT_MS = 30_000
+
+
+class UnsafeDatabaseURL(ValueError):
+    """A state-store URL the operator refuses to connect to."""
+
+
+def check_database_url(url: str) -> None:
+    """Refuse URLs that are not a PostgreSQL server (the message never echoes the URL: it may hold a password)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UnsafeDatabaseURL("the URL is not a SQLAlchemy database URL") from None
+    if parsed.drivername not in ALLOWED_DRIVERS:
+        raise UnsafeDatabaseURL(
+            f'driver "{parsed.drivername}" is not allowed (allowed: {", ".join(sorted(ALLOWED_DRIVERS))})'
+        )
+    if not parsed.host:
+        raise UnsafeDatabaseURL("the URL names no host (a local socket of the operator's pod is not a state store)")
+
 
 metadata = MetaData()
 state_table = Table(
@@ -44,15 +70,19 @@ state_table = Table(
 )
 
 
-class StoreConflict(RuntimeError):
-    """Someone else wrote this experiment's state since it was read."""
-
-
 class SQLStore:
-    def __init__(self, url: str, namespace: str, experiment: str) -> None:
-        self.engine = create_engine(url, pool_pre_ping=True)
+    def __init__(self, url: str, namespace: str, experiment: str, uid: str = "") -> None:
+        check_database_url(url)
+        self.engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
+        )
         metadata.create_all(self.engine, checkfirst=True)
-        self.namespace, self.name = namespace, experiment
+        self.namespace, self.name, self.uid = namespace, experiment, uid
         self.version: int | None = None
         self.last_size = 0
 
@@ -64,8 +94,10 @@ class SQLStore:
             row = connection.execute(select(state_table.c.version, state_table.c.document).where(self._key())).first()
         if row is None:
             return None
+        stored = decode(bytes(row.document))
+        check_owner(stored.state, self.uid, f"the SQL state row {self.namespace}/{self.name}")
         self.version = int(row.version)
-        return decode(bytes(row.document))
+        return stored
 
     def save(self, state: LoopState, engine_snapshot: dict[str, Any]) -> None:
         blob = encode(state, engine_snapshot)
