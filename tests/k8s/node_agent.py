@@ -1,18 +1,31 @@
 """A test node agent: a Node object and a stand-in kubelet that runs pods' commands on this machine.
 
-There is no container runtime here, so the image is ignored and the project's Python
-environment stands in for it: the pod's first container runs its `command` + `args` as a
-local process, with the pod's env (values, field refs, ConfigMap and Secret keys). Volumes
-become directories: a PersistentVolumeClaim one shared directory per claim, so a "shared
-TensorBoard volume" is real (a claim bound to a hostPath PersistentVolume uses that path);
-an emptyDir one per pod; a hostPath itself. Because the process sees this machine's
-filesystem, each mount path (and the termination message path) is rewritten to its
-directory wherever it appears in command, args, env and workingDir.
+It is a fake kubelet. There is no container runtime here, so the image is ignored and the
+project's Python environment stands in for it: the pod's first container runs its `command` +
+`args` as a local process, with the pod's env (values, field refs, ConfigMap and Secret keys).
+Volumes become directories: a PersistentVolumeClaim one shared directory per claim, so a
+"shared TensorBoard volume" is real (a claim bound to a hostPath PersistentVolume uses that
+path); an emptyDir one per pod; a hostPath itself. A mount's `subPath`, or its `subPathExpr`
+with `$(VAR)` expanded from the container's env (as the kubelet does), selects a directory of
+the volume, created when missing. Because the process sees this machine's filesystem, each
+mount path (and the termination message path) is rewritten to its directory wherever it
+appears in command, args, env and workingDir.
+
+Fake container filesystem: any other absolute path in command, args, env or workingDir whose
+top-level directory does not exist on this machine (`/nas-logs` when nothing is mounted there,
+say) is rewritten into `<pod dir>/rootfs/<path>`, so what a trial writes outside its mounts stays
+private to its pod, as in a container's own filesystem, and never lands in a directory that
+another pod or the operator reads by accident.
+
+Fake registry: an image under `registry.invalid/` stands in for a registry that cannot be
+reached: the container waits in ErrImagePull, then ImagePullBackOff, and never runs.
 
 Pod status goes Pending -> Running -> Succeeded/Failed with the real exit code, reason and
 termination message, so the real Job controller completes or fails the Job. A pod that is
-deleted (or whose Job is) has its process group killed and is then removed with grace 0, as
-a kubelet does.
+deleted (or whose Job is, or that is evicted through the Eviction API) has its process group
+killed; as a kubelet does, the agent then reports the pod's terminal phase (Failed unless it had
+succeeded, keeping the conditions the API server added, such as DisruptionTarget, so the Job
+controller applies its podFailurePolicy) and only then removes it with grace 0.
 
     python -m tests.k8s.node_agent --kubeconfig admin.kubeconfig --node nas-test-node --root DIR
 """
@@ -24,6 +37,7 @@ import base64
 import datetime
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +53,10 @@ from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("node-agent")
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+UNREACHABLE_REGISTRY = "registry.invalid/"
+PULL_BACKOFF_AFTER = 1.0  # seconds in ErrImagePull before ImagePullBackOff, as a kubelet's first retry
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s=:,'\"(\[]))/([A-Za-z0-9._-]+)")
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 CAPACITY = {"cpu": "32", "memory": "128Gi", "pods": "250", "nvidia.com/gpu": "8", "ephemeral-storage": "100Gi"}
 
 
@@ -64,6 +82,39 @@ class RunningPod:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PullingPod:
+    """A pod waiting forever for an image from the unreachable registry (the fake registry)."""
+
+    namespace: str
+    name: str
+    container: str
+    image: str
+    since: float
+    backing_off: bool = False
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's `$(VAR)` expansion: a defined variable is replaced, `$$` is a `$`, anything else stays."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VARIABLE.sub(replace, text)
+
+
+def private_paths(text: str, rootfs: Path) -> str:
+    """Absolute paths under a top-level directory this machine lacks, moved into the pod's own fake rootfs."""
+
+    def replace(match: re.Match[str]) -> str:
+        top = match.group(1)
+        return match.group(0) if Path("/", top).exists() else str(rootfs / top)
+
+    return _ABSOLUTE.sub(replace, text)
+
+
 class NodeAgent:
     def __init__(self, api: client.ApiClient, node: str, root: Path) -> None:
         self.core = client.CoreV1Api(api)
@@ -72,6 +123,7 @@ class NodeAgent:
         self.pods: dict[str, RunningPod] = {}
         self.starting: set[str] = set()
         self.terminated: set[str] = set()  # deleted pods, so that a stale listing never starts one again
+        self.pulling: dict[str, PullingPod] = {}  # pods whose image is "pulled" from the unreachable registry
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -141,7 +193,7 @@ class NodeAgent:
         # The watch and the resync thread both sync every pod: claim it under the lock so that only one of them
         # starts its process (two would leave one process that no deletion ever kills).
         with self.lock:
-            if uid in self.pods or uid in self.starting or uid in self.terminated:
+            if uid in self.pods or uid in self.starting or uid in self.terminated or uid in self.pulling:
                 return
             self.starting.add(uid)
         try:
@@ -218,29 +270,43 @@ class NodeAgent:
         container = pod.spec.containers[0]
         pod_dir = self.root / "pods" / uid
         pod_dir.mkdir(parents=True, exist_ok=True)
+        if (container.image or "").startswith(UNREACHABLE_REGISTRY):
+            self._pull_forever(pod, container)
+            return
         if not container.command:
             self._finish_status(pod, container.name, now(), 128, "NoCommand", "the test node runs commands only")
             return
         volumes = self._volume_dirs(pod, pod_dir)
+        pod_env = self._env(pod, container)
         termination_path = container.termination_message_path or DEFAULT_TERMINATION_PATH
         termination_file = pod_dir / "termination-log"
         termination_file.touch()
         mapping = {termination_path: str(termination_file)}
         for mount in container.volume_mounts or []:
             if mount.name in volumes:
-                target = volumes[mount.name] / (mount.sub_path or "")
+                sub_path = expand(mount.sub_path_expr, pod_env) if mount.sub_path_expr else (mount.sub_path or "")
+                if sub_path.startswith("/") or ".." in Path(sub_path).parts:
+                    message = (
+                        f"failed to prepare subPath for volumeMount {mount.name!r}: "
+                        f"{sub_path!r} is not a relative path inside the volume"
+                    )
+                    self._waiting(pod, container, "CreateContainerConfigError", message)
+                    return
+                target = volumes[mount.name] / sub_path
                 target.mkdir(parents=True, exist_ok=True)
                 mapping[mount.mount_path.rstrip("/")] = str(target)
+        rootfs = pod_dir / "rootfs"
+        rootfs.mkdir(exist_ok=True)
 
         def rewrite(text: str) -> str:
             for source in sorted(mapping, key=len, reverse=True):
                 text = text.replace(source, mapping[source])
-            return text
+            return private_paths(text, rootfs)
 
         command = [rewrite(part) for part in [*(container.command or []), *(container.args or [])]]
         if command[0] in ("python", "python3"):
             command[0] = sys.executable
-        env = {**os.environ, **{k: rewrite(v) for k, v in self._env(pod, container).items()}}
+        env = {**os.environ, **{k: rewrite(v) for k, v in pod_env.items()}}
         env["NAS_TEST_NODE_POD_DIR"] = str(pod_dir)
         workdir = rewrite(container.working_dir) if container.working_dir else str(pod_dir)
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -280,6 +346,83 @@ class NodeAgent:
             },
         )
 
+    def _pull_forever(self, pod: Any, container: Any) -> None:
+        """The fake registry: ErrImagePull now, ImagePullBackOff from the next resync on; the pod never runs."""
+        pulling = PullingPod(
+            pod.metadata.namespace, pod.metadata.name, container.name, container.image, time.monotonic()
+        )
+        with self.lock:
+            self.pulling[pod.metadata.uid] = pulling
+        log.info(
+            "%s/%s: image %s cannot be pulled (test node: unreachable registry)",
+            pulling.namespace,
+            pulling.name,
+            pulling.image,
+        )
+        self._waiting(
+            pod,
+            container,
+            "ErrImagePull",
+            f'failed to pull and unpack image "{container.image}": dial tcp: lookup registry.invalid: no such host '
+            "(test node: registry.invalid/ stands in for a registry that cannot be reached)",
+        )
+
+    def advance_pulls(self) -> None:
+        """After the first failed pull a kubelet backs off: the reason becomes ImagePullBackOff."""
+        with self.lock:
+            due = [
+                p
+                for p in self.pulling.values()
+                if not p.backing_off and time.monotonic() - p.since > PULL_BACKOFF_AFTER
+            ]
+            for pulling in due:
+                pulling.backing_off = True
+        for pulling in due:
+            state = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{pulling.image}"'}}
+            self._patch(
+                pulling.namespace,
+                pulling.name,
+                {"containerStatuses": [self._waiting_status(pulling.container, pulling.image, state)]},
+            )
+
+    def _waiting(self, pod: Any, container: Any, reason: str, message: str) -> None:
+        """A pod scheduled here whose container cannot start (image, config): Pending, with the container's reason."""
+        at = now()
+        state = {"waiting": {"reason": reason, "message": message}}
+        self._patch(
+            pod.metadata.namespace,
+            pod.metadata.name,
+            {
+                "phase": "Pending",
+                "hostIP": "127.0.0.1",
+                "startTime": at,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": at},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": at},
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": at},
+                    {
+                        "type": "ContainersReady",
+                        "status": "False",
+                        "reason": "ContainersNotReady",
+                        "lastTransitionTime": at,
+                    },
+                ],
+                "containerStatuses": [self._waiting_status(container.name, container.image or "", state)],
+            },
+        )
+
+    @staticmethod
+    def _waiting_status(container: str, image: str, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": container,
+            "image": image,
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": state,
+        }
+
     @staticmethod
     def _spawn(command: list[str], env: dict[str, str], workdir: str, log_file: Path) -> subprocess.Popen[bytes]:
         with log_file.open("ab") as out:
@@ -310,9 +453,7 @@ class NodeAgent:
         with self.lock:
             candidates = [p for p in self.pods.values() if not p.done and p.process.poll() is not None]
         for running in candidates:
-            code = running.process.returncode
-            if code < 0:
-                code = 128 - code  # killed by a signal, as a container runtime reports it
+            code = _exit_code(running.process.returncode)
             if code != 0 and running.restart_policy == "OnFailure":
                 running.restarts += 1
                 command, env, workdir = running.spec
@@ -380,13 +521,44 @@ class NodeAgent:
                 log.warning("status of %s/%s: %s", namespace, name, exc)
 
     def _terminate(self, pod: Any) -> None:
+        """A deleted (or evicted) pod: kill its process, report the terminal phase, then remove it, as a kubelet.
+
+        Reporting Failed before the removal, with the conditions the API server set (DisruptionTarget for an
+        eviction), is what lets the Job controller apply a podFailurePolicy to the pod.
+        """
         uid = pod.metadata.uid
         with self.lock:
             running = self.pods.pop(uid, None)
+            pulling = self.pulling.pop(uid, None)
+            first = uid not in self.terminated
             self.terminated.add(uid)
-        if running is not None and running.process.poll() is None:
-            log.info("killing %s/%s (pod deleted)", running.namespace, running.name)
-            _kill_group(running.process)
+        if running is not None and not running.done:
+            if running.process.poll() is None:
+                log.info("killing %s/%s (pod deleted)", running.namespace, running.name)
+                _kill_group(running.process)
+            running.done = True
+            code = _exit_code(running.process.returncode if running.process.returncode is not None else -9)
+            message = running.termination_file.read_text(errors="replace")[-4096:]
+            reason = "Completed" if code == 0 else "Error"
+            self._finish_status(None, running.container, running.started_at, code, reason, message, running)
+        elif first and running is None and pod.status.phase not in ("Succeeded", "Failed"):
+            # Never started (waiting for an image, say): a kubelet marks a deleted pod Failed all the same.
+            container = pulling.container if pulling else pod.spec.containers[0].name
+            image = pulling.image if pulling else (pod.spec.containers[0].image or "")
+            state = {
+                "terminated": {
+                    "exitCode": 137,
+                    "reason": "ContainerStatusUnknown",
+                    "message": "deleted before it started",
+                    "startedAt": None,
+                    "finishedAt": now(),
+                }
+            }
+            self._patch(
+                pod.metadata.namespace,
+                pod.metadata.name,
+                {"phase": "Failed", "containerStatuses": [self._waiting_status(container, image, state)]},
+            )
         try:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
@@ -423,6 +595,7 @@ class NodeAgent:
                     self.sync(pod)
                 self.forget_missing(known_before, {p.metadata.uid for p in pods})
                 self.reap()
+                self.advance_pulls()
                 self.untaint()
             except Exception:
                 log.exception("resync failed")
@@ -451,6 +624,11 @@ class NodeAgent:
         for pod in running:
             if pod.process.poll() is None:
                 _kill_group(pod.process)
+
+
+def _exit_code(returncode: int) -> int:
+    """A process's exit code as a container runtime reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _kill_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
