@@ -185,7 +185,7 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
     (
         "an invalid experiment name",
         lambda d: d["metadata"].update(name="Digits_MLP"),
-        "metadata.name: must be a lowercase RFC 1123 name",
+        'metadata.name: "Digits_MLP" must be a lowercase RFC 1123 name',
     ),
     (
         "sql storage without a secret",

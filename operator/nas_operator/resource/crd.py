@@ -3,7 +3,9 @@
 Kubernetes wants a structural schema: every node typed, no `$ref`, unions only as
 validation. Pydantic's JSON Schema is turned into that shape here: references inlined,
 `X | None` made `nullable`, mixed scalar unions (a choice's values) left to
-`x-kubernetes-preserve-unknown-fields`, free-form maps likewise. Rules between fields that
+`x-kubernetes-preserve-unknown-fields`, free-form maps likewise. Sizes (maxItems, maxLength,
+maximum) come from the models' `Field`s, which take them from `limits`: one set of numbers for
+the API server and `nasctl validate`, and they also bound the cost of the CEL rules. Rules between fields that
 CEL can state are added as `x-kubernetes-validations`, so the API server itself refuses
 the commonest mistakes with a message naming the rule; the rest is checked by the operator
 (`spec_checks`), which reports InvalidSpec.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from nas_operator.resource.limits import MAX_EXPERIMENT_NAME
 from nas_operator.resource.spec import (
     API_GROUP,
     API_VERSION,
@@ -24,7 +27,8 @@ from nas_operator.resource.spec import (
     NASExperimentStatus,
 )
 
-_DROP = {"title", "discriminator"}
+# propertyNames (from dict key constraints) is not part of the CRD schema language: pydantic still checks keys.
+_DROP = {"title", "discriminator", "propertyNames"}
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -104,6 +108,20 @@ SPEC_RULES: list[dict[str, str]] = [
         "self.algorithm.initialTrials <= self.budget.maxTrials",
         "message": "budget.maxTrials must be at least algorithm.initialTrials",
     },
+    {
+        # The source defaults to tensorboard, so a spec without `metrics` needs the claim too.
+        "rule": "(has(self.metrics) && has(self.metrics.source) && self.metrics.source == 'terminationMessage') || "
+        "(has(self.metrics) && has(self.metrics.claimName))",
+        "message": "metrics.claimName is required with the tensorboard source: a trial's event files reach the "
+        "operator only through that PersistentVolumeClaim (or use source: terminationMessage)",
+    },
+]
+# At the root, where CEL sees metadata.name: a longer name makes every Job create fail.
+ROOT_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_EXPERIMENT_NAME}",
+        "message": f"metadata.name must be at most {MAX_EXPERIMENT_NAME} characters (Job names are <name>-t<index>)",
+    },
 ]
 PARAMETER_RULES: list[dict[str, str]] = [
     {
@@ -148,7 +166,6 @@ def spec_schema() -> dict[str, Any]:
     schema["properties"]["parameters"]["items"]["x-kubernetes-validations"] = list(PARAMETER_RULES)
     schema["properties"]["parameters"]["x-kubernetes-list-type"] = "map"
     schema["properties"]["parameters"]["x-kubernetes-list-map-keys"] = ["name"]
-    schema["properties"]["parameters"]["maxItems"] = 64
     return schema
 
 
@@ -184,6 +201,7 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A multi-objective neural architecture search.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": list(ROOT_RULES),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

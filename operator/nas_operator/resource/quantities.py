@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-QUANTITY_REGEX = r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?\d+)?$"
-"""The grammar as a regular expression; the CRD carries it as the `pattern` of quantity fields."""
+QUANTITY_REGEX = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+"""The grammar as a regular expression (ASCII digits, as Go's \\d); the CRD carries it as a `pattern`."""
 
 _QUANTITY = re.compile(QUANTITY_REGEX)
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -38,7 +38,7 @@ def parse_quantity(text: str) -> Decimal:
     """The exact value of a quantity; ValueError naming the grammar when `text` is not one."""
     if not isinstance(text, str):
         raise ValueError(f'{text!r} is not a Kubernetes quantity (a string such as "500m", "2" or "4Gi")')
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)  # `$` alone would accept a trailing newline
     if match is None:
         raise ValueError(
             f'"{text}" is not a Kubernetes quantity (a number with an optional suffix: '

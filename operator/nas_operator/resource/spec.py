@@ -13,16 +13,28 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from nas_operator.resource import limits as L
+from nas_operator.resource.quantities import QUANTITY_REGEX
+
 API_GROUP = "nas.operator.dev"
 API_VERSION = "v1alpha1"
 KIND = "NASExperiment"
 PLURAL = "nasexperiments"
 SHORT_NAME = "nasx"
 
-Scalar = int | float | str | bool
+ENV_NAME_REGEX = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""Environment variable names a shell (and every program reading its environment) can use."""
+
+ChoiceString = Annotated[str, Field(max_length=L.MAX_CHOICE_STRING_LENGTH)]
+Scalar = int | float | ChoiceString | bool
+Name = Annotated[str, Field(max_length=L.MAX_NAME_LENGTH)]
+Template = Annotated[str, Field(max_length=L.MAX_TEMPLATE_LENGTH)]
+Constraint = Annotated[str, Field(max_length=L.MAX_CONSTRAINT_LENGTH)]
+K8sName = Annotated[str, Field(max_length=L.MAX_K8S_NAME_LENGTH)]
+Quantity = Annotated[str, Field(max_length=L.MAX_QUANTITY_LENGTH, pattern=QUANTITY_REGEX)]
 # Go-style durations ("90s", "1h30m") or plain seconds, as Kubernetes users write them.
 Duration = Annotated[
-    str | int,
+    Annotated[str, Field(max_length=L.MAX_DURATION_LENGTH)] | int,
     Field(
         description='Duration: seconds as an integer, or a string such as "90s", "15m", "1h30m", "2d".',
     ),
@@ -37,23 +49,31 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        # An infinite or NaN bound, threshold or rate is a mistake, never a meaningful value.
+        allow_inf_nan=False,
     )
 
 
 class Parameter(SpecModel):
     """One dimension of the search space; `type` says which of the other fields apply."""
 
-    name: str = Field(description="Name used by the model, in placeholders and in results.")
+    name: Name = Field(description="Name used by the model, in placeholders and in results.")
     type: Literal["range", "choice", "fixed"] = Field(
         description="range: a numeric interval; choice: a list of values; fixed: one value."
     )
     value_type: Literal["int", "float"] | None = Field(
         default=None, description="range only: int or float (default float)."
     )
-    lower: float | None = Field(default=None, description="range only: lower bound (inclusive).")
-    upper: float | None = Field(default=None, description="range only: upper bound (inclusive).")
+    lower: float | None = Field(
+        default=None, ge=-L.MAX_ABS_BOUND, le=L.MAX_ABS_BOUND, description="range only: lower bound (inclusive)."
+    )
+    upper: float | None = Field(
+        default=None, ge=-L.MAX_ABS_BOUND, le=L.MAX_ABS_BOUND, description="range only: upper bound (inclusive)."
+    )
     log_scale: bool = Field(default=False, description="range only: search on a log scale (bounds > 0).")
-    values: list[Scalar] | None = Field(default=None, description="choice only: the candidate values (>= 2).")
+    values: list[Scalar] | None = Field(
+        default=None, max_length=L.MAX_CHOICE_VALUES, description="choice only: the candidate values (>= 2)."
+    )
     ordered: bool | None = Field(
         default=None,
         description="choice only: whether the values have an order (default: true when all are numbers).",
@@ -68,7 +88,7 @@ class Parameter(SpecModel):
 class Objective(SpecModel):
     """A metric to maximize or minimize; its threshold is the worst value still of interest."""
 
-    metric: str
+    metric: Name
     goal: Literal["maximize", "minimize"]
     threshold: float | None = Field(
         default=None,
@@ -86,8 +106,8 @@ class Objective(SpecModel):
 class Budget(SpecModel):
     """When the experiment stops, and how much runs at once."""
 
-    max_trials: int = Field(ge=1, description="Trials to launch in total.")
-    parallelism: int = Field(default=1, ge=1, description="Trials running at the same time.")
+    max_trials: int = Field(ge=1, le=L.MAX_TRIALS, description="Trials to launch in total.")
+    parallelism: int = Field(default=1, ge=1, le=L.MAX_PARALLELISM, description="Trials running at the same time.")
     max_failure_rate: float = Field(
         default=0.5,
         ge=0.0,
@@ -95,7 +115,7 @@ class Budget(SpecModel):
         description="Stop with FailureRateExceeded when failed / finished trials exceeds this ...",
     )
     min_failed_trials: int = Field(
-        default=5, ge=1, description="... once at least this many trials have failed (Ax's rule)."
+        default=5, ge=1, le=L.MAX_TRIALS, description="... once at least this many trials have failed (Ax's rule)."
     )
     max_duration: Duration | None = Field(default=None, description="Wall-clock budget of the experiment.")
     trial_timeout: Duration | None = Field(default=None, description="A trial running longer is killed and failed.")
@@ -112,65 +132,91 @@ class Algorithm(SpecModel):
             "(for many parameters)."
         ),
     )
-    initial_trials: int | None = Field(default=None, ge=1, description="Sobol trials before the model takes over.")
-    seed: int | None = Field(default=None, description="Random seed, for reproducible candidates.")
+    initial_trials: int | None = Field(
+        default=None, ge=1, le=L.MAX_TRIALS, description="Sobol trials before the model takes over."
+    )
+    seed: int | None = Field(default=None, ge=0, le=L.MAX_SEED, description="Random seed, for reproducible candidates.")
 
 
 class EnvVar(SpecModel):
-    name: str
-    value: str = Field(default="", description="May hold {parameter} placeholders.")
+    name: str = Field(
+        max_length=L.MAX_ENV_NAME_LENGTH,
+        pattern=ENV_NAME_REGEX,
+        description="A letter or _, then letters, digits or _; names starting with NAS_ are the runtime's.",
+    )
+    value: Template = Field(default="", description="May hold {parameter} placeholders.")
 
 
 class Resources(SpecModel):
-    cpu: str | None = Field(default=None, description='CPU request and limit, e.g. "2" or "500m".')
-    memory: str | None = Field(default=None, description='Memory request and limit, e.g. "4Gi".')
-    gpu: int = Field(default=0, ge=0, description="nvidia.com/gpu count.")
+    cpu: Quantity | None = Field(default=None, description='CPU request and limit, e.g. "2" or "500m".')
+    memory: Quantity | None = Field(default=None, description='Memory request and limit, e.g. "4Gi".')
+    gpu: int = Field(default=0, ge=0, le=L.MAX_GPUS, description="nvidia.com/gpu count.")
 
 
 class Toleration(SpecModel):
     """A pod toleration, as in core/v1 (GPU node pools are usually tainted)."""
 
-    key: str | None = None
+    key: str | None = Field(default=None, max_length=L.MAX_LABEL_KEY_LENGTH)
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=L.MAX_LABEL_VALUE_LENGTH)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=L.MAX_TOLERATION_SECONDS)
 
 
 class TrialTemplate(SpecModel):
     """The program that trains and evaluates one candidate."""
 
-    image: str | None = Field(default=None, description="Container image (Kubernetes only).")
-    command: list[str] = Field(
+    image: str | None = Field(
+        default=None, min_length=1, max_length=L.MAX_IMAGE_LENGTH, description="Container image (Kubernetes only)."
+    )
+    command: list[Template] = Field(
         min_length=1,
+        max_length=L.MAX_COMMAND_ENTRIES,
         description=(
             "Command with {parameter} placeholders; also {trial_dir}, {log_dir}, {trial_index}, "
             "{trial_name}, {experiment}. Locally, a bare python runs in nasctl's own environment."
         ),
     )
-    args: list[str] = Field(default_factory=list, description="Arguments, with placeholders like command.")
-    env: list[EnvVar] = Field(default_factory=list)
-    resources: Resources = Field(default_factory=Resources)
-    service_account_name: str | None = None
-    mounts: list[str] = Field(
-        default_factory=list,
-        description='Extra volumes in TorchX mount syntax, e.g. "type=volume,src=datasets,dst=/data,readonly" '
-        '(a PersistentVolumeClaim) or "type=bind,src=/mnt/cache,dst=/cache" (a hostPath).',
+    args: list[Template] = Field(
+        default_factory=list, max_length=L.MAX_ARGS_ENTRIES, description="Arguments, with placeholders like command."
     )
-    retries: int = Field(default=0, ge=0, description="Times a failed trial is retried before it counts as failed.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels a trial pod must match (Kubernetes only)."
+    env: list[EnvVar] = Field(default_factory=list, max_length=L.MAX_ENV_ENTRIES)
+    resources: Resources = Field(default_factory=Resources)
+    service_account_name: K8sName | None = Field(
+        default=None, description="Only the ServiceAccounts the trial policy lists (default: none but default)."
+    )
+    mounts: list[Annotated[str, Field(max_length=L.MAX_MOUNT_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=L.MAX_MOUNTS,
+        description='Extra volumes in TorchX mount syntax, e.g. "type=volume,src=datasets,dst=/data,readonly" '
+        '(a PersistentVolumeClaim) or "type=bind,src=/mnt/cache,dst=/cache" (a hostPath; only if the trial '
+        "policy allows bind mounts).",
+    )
+    retries: int = Field(
+        default=0, ge=0, le=L.MAX_RETRIES, description="Times a failed trial is retried before it counts as failed."
+    )
+    node_selector: dict[
+        Annotated[str, Field(max_length=L.MAX_LABEL_KEY_LENGTH)],
+        Annotated[str, Field(max_length=L.MAX_LABEL_VALUE_LENGTH)],
+    ] = Field(
+        default_factory=dict,
+        max_length=L.MAX_NODE_SELECTOR,
+        description="Node labels a trial pod must match (Kubernetes only).",
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Taints trial pods tolerate, e.g. a GPU pool's (Kubernetes only)."
+        default_factory=list,
+        max_length=L.MAX_TOLERATIONS,
+        description="Taints trial pods tolerate, e.g. a GPU pool's (Kubernetes only).",
     )
 
 
 class MetricDefinition(SpecModel):
     """Where one metric is found in the trial's TensorBoard logs, and how its curve is reduced."""
 
-    name: str
-    tag: str | None = Field(default=None, description="TensorBoard scalar tag (default: the metric name).")
+    name: Name
+    tag: str | None = Field(
+        default=None, max_length=L.MAX_TAG_LENGTH, description="TensorBoard scalar tag (default: the metric name)."
+    )
     reduce: Literal["last", "max", "min"] = Field(
         default="last", description="Value of the curve to use: the last step, the maximum or the minimum."
     )
@@ -187,18 +233,21 @@ class MetricsSource(SpecModel):
         default="tensorboard",
         description="tensorboard: event files under the trial's log dir; terminationMessage: JSON {metric: value}.",
     )
-    claim_name: str | None = Field(
-        default=None, description="PersistentVolumeClaim shared by trials and operator (Kubernetes, tensorboard)."
+    claim_name: K8sName | None = Field(
+        default=None,
+        description="PersistentVolumeClaim shared by trials and operator; required on Kubernetes with tensorboard "
+        "(each trial mounts only its own directory of it).",
     )
     definitions: list[MetricDefinition] = Field(
         default_factory=list,
+        max_length=L.MAX_METRIC_DEFINITIONS,
         description="Tags and reductions. Objectives not listed use their name as tag and the last value.",
     )
 
 
 class SecretKeyRef(SpecModel):
-    name: str
-    key: str = "url"
+    name: K8sName
+    key: str = Field(default="url", max_length=L.MAX_K8S_NAME_LENGTH)
 
 
 class Storage(SpecModel):
@@ -213,13 +262,17 @@ class Storage(SpecModel):
 
 
 class NASExperimentSpec(SpecModel):
-    parameters: list[Parameter] = Field(min_length=1)
-    parameter_constraints: list[str] = Field(
-        default_factory=list, description='Linear constraints such as "hidden_size_2 <= hidden_size_1".'
+    parameters: list[Parameter] = Field(min_length=1, max_length=L.MAX_PARAMETERS)
+    parameter_constraints: list[Constraint] = Field(
+        default_factory=list,
+        max_length=L.MAX_PARAMETER_CONSTRAINTS,
+        description='Linear constraints such as "hidden_size_2 <= hidden_size_1".',
     )
-    objectives: list[Objective] = Field(min_length=2)
-    outcome_constraints: list[str] = Field(
-        default_factory=list, description='Constraints on non-objective metrics, e.g. "latency_p99_ms <= 5".'
+    objectives: list[Objective] = Field(min_length=2, max_length=L.MAX_OBJECTIVES)
+    outcome_constraints: list[Constraint] = Field(
+        default_factory=list,
+        max_length=L.MAX_OUTCOME_CONSTRAINTS,
+        description='Constraints on non-objective metrics, e.g. "latency_p99_ms <= 5".',
     )
     budget: Budget
     algorithm: Algorithm = Field(default_factory=Algorithm)

@@ -9,20 +9,28 @@ CEL messages all read the same way.
 from __future__ import annotations
 
 import math
+import posixpath
+import random
 import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from nas_operator.resource import limits as L
+from nas_operator.resource.quantities import memory_bytes, parse_quantity
 from nas_operator.resource.spec import NASExperiment, NASExperimentSpec, Parameter
+
+if TYPE_CHECKING:
+    from nas_operator.resource.policy import TrialPolicy
 
 # Placeholders the runtime fills in besides parameter names.
 RESERVED_PLACEHOLDERS = frozenset({"trial_dir", "log_dir", "trial_index", "trial_name", "experiment"})
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The runtime sets NAS_LOG_DIR, NAS_TRIAL_NAME, ...: a spec must not override them.
+RESERVED_ENV_PREFIX = "NAS_"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -76,7 +84,10 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration, not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond a float's range
+            raise ValueError("must be a positive duration of a sane size") from None
     else:
         text = value.strip()
         if re.fullmatch(_NUMBER, text):
@@ -149,12 +160,113 @@ def parse_parameter_constraint(text: str) -> LinearConstraint:
     return LinearConstraint(coefficients, right_const - left_const)
 
 
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
+
+
+def _field_problem(field: str) -> str | None:
+    """Why the text between braces is not a bare placeholder name, if it is not."""
+    if NAME_PATTERN.fullmatch(field):
+        return None
+    shown = _quote("{" + field + "}")
+    if ":" in field:
+        return (
+            f"placeholder {shown} has a format spec: placeholders are bare names such as {{lr}} "
+            "(format the value in the trial program)"
+        )
+    if "!" in field:
+        return f"placeholder {shown} has a conversion: placeholders are bare names such as {{lr}}"
+    if "." in field or "[" in field:
+        return f"placeholder {shown} accesses an attribute or index: placeholders are bare names such as {{lr}}"
+    if field.strip() == "" or field.isdigit():
+        return f"placeholder {shown} is positional: placeholders name a parameter, such as {{lr}}"
+    return f"placeholder {shown} is not a name (a letter or _ followed by letters, digits or _)"
+
+
 def placeholders(template: str) -> list[str]:
-    """Names in `{name}` fields of a template; `{{` and `}}` are literal braces."""
-    try:
-        return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    except ValueError as exc:
-        raise ValueError(f'"{template}": {exc}') from None
+    """Names in `{name}` fields of a template; `{{` and `}}` are literal braces.
+
+    Only bare names: a format spec (`{x:>4000000000}`), a conversion (`{x!r}`), attribute or
+    index access (`{x.a}`, `{x[0]}`) and positional fields (`{}`, `{0}`) raise ValueError, so
+    that rendering at launch is a plain substitution that can neither fail nor amplify.
+    """
+    names = []
+    for match in _TEMPLATE_TOKEN.finditer(template):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        if token == "{":
+            raise ValueError('a "{" that opens no placeholder (write {{ for a literal brace)')
+        if token == "}":
+            raise ValueError('a "}" that closes no placeholder (write }} for a literal brace)')
+        field = match.group(1)
+        problem = _field_problem(field)
+        if problem:
+            raise ValueError(problem)
+        names.append(field)
+    return names
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """A user's string for a message: quoted, cut to `limit` characters, control characters escaped."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return '"' + "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut) + '"'
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One TorchX mount entry, with TorchX's key aliases resolved."""
+
+    type: str
+    src: str
+    dst: str | None
+    readonly: bool
+
+
+# TorchX's mount option names and their aliases (torchx.specs.builders._MOUNT_OPT_MAP).
+_MOUNT_KEYS = {
+    "type": "type",
+    "src": "src",
+    "source": "src",
+    "dst": "dst",
+    "destination": "dst",
+    "target": "dst",
+    "readonly": "readonly",
+    "read_only": "readonly",
+    "perm": "perm",
+}
+
+
+def parse_mount(text: str) -> Mount:
+    """Read one mount entry as TorchX's parse_mounts will (same keys, aliases, no trimming).
+
+    TorchX reads several mounts from one string (each `type=` starts a new one) and lets a
+    later alias overwrite an earlier key (`dst=/data,target=/nas-logs`): both would hide what
+    an entry really mounts from a reader, so both are refused here.
+    """
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in _MOUNT_KEYS:
+            raise ValueError(f"{_quote(text)}: unknown mount option {_quote(key)} (type, src, dst, readonly, perm)")
+        canonical = _MOUNT_KEYS[key]
+        if canonical == "type" and fields:
+            raise ValueError(f"{_quote(text)}: type must come first, and one entry holds one mount")
+        if canonical in fields:
+            raise ValueError(f"{_quote(text)}: {canonical} is given twice")
+        fields[canonical] = value
+    kind = fields.get("type")
+    if kind not in ("bind", "volume", "device"):
+        raise ValueError(f"{_quote(text)}: type must be bind, volume or device")
+    if not fields.get("src"):
+        raise ValueError(f"{_quote(text)}: src is required")
+    dst = fields.get("dst") or (fields["src"] if kind == "device" else None)
+    if not dst:
+        raise ValueError(f"{_quote(text)}: dst is required")
+    if not dst.startswith("/"):
+        raise ValueError(f"{_quote(text)}: dst must be an absolute path")
+    if "perm" in fields and (kind != "device" or not fields["perm"] or set(fields["perm"]) - set("rwm")):
+        raise ValueError(f"{_quote(text)}: perm applies to device mounts only, as letters among r, w, m")
+    return Mount(kind, fields["src"], dst, "readonly" in fields)
 
 
 def _pydantic_problems(error: ValidationError) -> list[Problem]:
@@ -167,9 +279,20 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
+def _number_problem(value: Any) -> str | None:
+    """Why a choice or fixed value cannot be used, if it cannot (infinite, NaN or absurdly large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if abs(value) > L.MAX_ABS_BOUND:
+        return f"must be at most {L.MAX_ABS_BOUND:g} in absolute value"
+    return None
+
+
 def _check_parameter(p: Parameter, path: str) -> Iterable[Problem]:
-    if not NAME_PATTERN.match(p.name):
-        yield Problem(f"{path}.name", f'"{p.name}" must be a letter or _ followed by letters, digits or _')
+    if not NAME_PATTERN.fullmatch(p.name):
+        yield Problem(f"{path}.name", f"{_quote(p.name)} must be a letter or _ followed by letters, digits or _")
     if p.name in RESERVED_PLACEHOLDERS:
         yield Problem(f"{path}.name", f'"{p.name}" is reserved for the runtime\'s own placeholders')
     misplaced = {
@@ -196,7 +319,7 @@ def _check_parameter(p: Parameter, path: str) -> Iterable[Problem]:
             yield Problem(f"{path}.lower", f"must be > 0 on a log scale (got {p.lower:g})")
         if p.is_int:
             for side, bound in (("lower", p.lower), ("upper", p.upper)):
-                if bound != int(bound):
+                if not bound.is_integer():
                     yield Problem(f"{path}.{side}", f"must be a whole number for an int parameter (got {bound:g})")
     elif p.type == "choice":
         if p.values is None:
@@ -209,38 +332,137 @@ def _check_parameter(p: Parameter, path: str) -> Iterable[Problem]:
         kinds = {type(v) for v in p.values}
         if len(kinds - {int, float}) and len(kinds) > 1:
             yield Problem(f"{path}.values", "must all be of one type (numbers, strings or booleans)")
+        for j, value in enumerate(p.values):
+            problem = _number_problem(value)
+            if problem:
+                yield Problem(f"{path}.values[{j}]", problem)
     elif p.value is None:
         yield Problem(f"{path}.value", "is required for a fixed parameter")
+    else:
+        problem = _number_problem(p.value)
+        if problem:
+            yield Problem(f"{path}.value", problem)
+
+
+def _numeric_values(p: Parameter) -> list[float] | None:
+    """A choice's values as numbers, when they all are numbers."""
+    values = p.values or []
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    return sorted(float(v) for v in values)
+
+
+def ax_infers_log_scale(values: Sequence[float]) -> bool:
+    """Whether Ax (1.3) models an ordered numeric choice on a log scale, by its own heuristic.
+
+    Ax decides this itself (ChoiceParameter._get_default_log_scale): positive values spaced
+    geometrically (2, 4, 8, 16 or 10, 20, 40) or spanning two orders of magnitude. Such a
+    choice cannot appear in a parameter constraint: Ax refuses the experiment.
+    """
+    vals = sorted(values)
+    if len(vals) < 3 or any(v <= 0.0 for v in vals):
+        return False
+    base = vals[1] / vals[0]
+    if base > 1.0:
+        fractions = [math.log(v) / math.log(base) for v in vals]
+        parts = [f - round(f) for f in fractions]
+        if all(abs(part - parts[0]) < 0.1 for part in parts):
+            return True
+    return math.floor(math.log10(vals[-1])) - math.floor(math.log10(vals[0])) >= 2
 
 
 def _constraint_parameter_problem(p: Parameter | None, name: str) -> str | None:
-    """Why a parameter cannot appear in a linear constraint (the model's rules), if it cannot."""
+    """Why a parameter cannot appear in a linear constraint (Ax's rules), if it cannot."""
     if p is None:
-        return f'"{name}" is not a parameter'
+        return f"{_quote(name)} is not a parameter"
     if p.type == "fixed":
         return f'"{name}" is fixed: a constraint on it is a constant'
     if p.log_scale:
         return f'"{name}" is on a log scale: linear constraints need linear-scale parameters'
     if p.type == "choice":
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in p.values or [])
-        if not numeric or p.ordered is False:
+        numbers = _numeric_values(p)
+        if numbers is None or p.ordered is False:
             return f'"{name}" must be numeric and ordered to appear in a constraint'
+        if ax_infers_log_scale(numbers):
+            return (
+                f'"{name}" is a choice Ax models on a log scale (its values are spaced geometrically or span '
+                "two orders of magnitude): linear constraints need linear-scale parameters"
+            )
     return None
 
 
-def _mount_problem(mount: str) -> str | None:
-    """Why a TorchX mount string is malformed, if it is (TorchX parses it for real when the Job is built)."""
-    fields: dict[str, str] = {}
-    for item in mount.split(","):
-        key, _, value = item.strip().partition("=")
-        fields[key] = value
-    if fields.get("type") not in ("bind", "volume", "device"):
-        return f'"{mount}": type must be bind, volume or device'
-    if not fields.get("src"):
-        return f'"{mount}": src is required'
-    if fields["type"] != "device" and not fields.get("dst"):
-        return f'"{mount}": dst is required'
-    return None
+def _box(p: Parameter) -> tuple[float, float] | None:
+    """The smallest and largest value a (range or numeric choice) parameter takes."""
+    if p.type == "range" and p.lower is not None and p.upper is not None:
+        return p.lower, p.upper
+    numbers = _numeric_values(p) if p.type == "choice" else None
+    return (numbers[0], numbers[-1]) if numbers else None
+
+
+def _sample_value(p: Parameter, rng: random.Random) -> float:
+    if p.type == "choice":
+        return float(rng.choice(_numeric_values(p) or [0.0]))
+    assert p.lower is not None and p.upper is not None
+    value = rng.uniform(p.lower, p.upper)
+    return float(round(value)) if p.is_int else value
+
+
+def _smallest_left_side(constraint: LinearConstraint, params: Mapping[str, Parameter]) -> float | None:
+    """The least value of sum(coefficient * parameter) over the search space's box."""
+    total = 0.0
+    for name, coefficient in constraint.coefficients.items():
+        box = _box(params[name])
+        if box is None:
+            return None
+        total += coefficient * (box[0] if coefficient > 0 else box[1])
+    return total
+
+
+_FEASIBILITY_SAMPLES = 1000
+
+
+def _feasibility_problems(
+    constraints: Sequence[tuple[str, LinearConstraint]], params: Mapping[str, Parameter]
+) -> Iterable[Problem]:
+    """Constraints that leave Ax no room to sample (it fails with "Constraint polytope appears empty").
+
+    Each constraint alone: its left side's smallest value over the search space must be below
+    the bound. All together: some of a fixed sample of points must satisfy every one (Ax draws
+    10,000 points, then falls back to a polytope sampler that fails on (nearly) empty regions).
+    """
+    usable: list[tuple[str, LinearConstraint]] = []
+    for path, constraint in constraints:
+        smallest = _smallest_left_side(constraint, params)
+        if smallest is None:
+            continue
+        scale = max([abs(constraint.bound), 1.0] + [abs(c) for c in constraint.coefficients.values()])
+        if smallest > constraint.bound + 1e-12 * scale:
+            yield Problem(
+                path,
+                f"no point of the search space satisfies it (the left side is at least {smallest:g} "
+                f"> {constraint.bound:g}): Ax refuses an empty constraint polytope",
+            )
+        elif smallest >= constraint.bound - 1e-12 * scale:
+            yield Problem(
+                path,
+                "only the boundary of the search space satisfies it (the left side is at least "
+                f"{smallest:g} = {constraint.bound:g}): Ax cannot sample from it",
+            )
+        else:
+            usable.append((path, constraint))
+    if not usable:
+        return
+    names = sorted({n for _, c in usable for n in c.coefficients})
+    rng = random.Random(0)
+    for _ in range(_FEASIBILITY_SAMPLES):
+        point = {n: _sample_value(params[n], rng) for n in names}
+        if all(sum(c * point[n] for n, c in con.coefficients.items()) <= con.bound for _, con in usable):
+            return
+    yield Problem(
+        usable[0][0] if len(usable) == 1 else usable[0][0].rsplit("[", 1)[0],
+        f"leaves (almost) no room in the search space: none of {_FEASIBILITY_SAMPLES} sample points satisfies "
+        "every constraint, and Ax would fail to generate candidates",
+    )
 
 
 def _duplicates(names: Iterable[str]) -> set[str]:
@@ -257,6 +479,22 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
     ]
 
 
+def check_cluster(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
+    """What a spec needs to run on Kubernetes besides `check_spec` (`nasctl run` needs neither)."""
+    problems = []
+    if not spec.trial.image:
+        problems.append(Problem(f"{root}.trial.image", "is required to run trials on Kubernetes"))
+    if spec.metrics.source == "tensorboard" and spec.metrics.claim_name is None:
+        problems.append(
+            Problem(
+                f"{root}.metrics.claimName",
+                "is required with the tensorboard source on Kubernetes: a trial's event files reach the operator "
+                "only through this PersistentVolumeClaim (or use source: terminationMessage)",
+            )
+        )
+    return problems
+
+
 def _check_parameters(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     params = {p.name: p for p in spec.parameters}
     for i, p in enumerate(spec.parameters):
@@ -265,6 +503,7 @@ def _check_parameters(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         yield Problem(f"{root}.parameters", f'duplicate parameter name "{name}"')
     if all(p.type == "fixed" for p in spec.parameters):
         yield Problem(f"{root}.parameters", "needs at least one range or choice parameter to search")
+    checked: list[tuple[str, LinearConstraint]] = []
     for i, text in enumerate(spec.parameter_constraints):
         path = f"{root}.parameterConstraints[{i}]"
         try:
@@ -272,10 +511,17 @@ def _check_parameters(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         except ValueError as exc:
             yield Problem(path, str(exc))
             continue
-        for name in constraint.coefficients:
-            problem = _constraint_parameter_problem(params.get(name), name)
+        numbers = [*constraint.coefficients.values(), constraint.bound]
+        if not all(math.isfinite(n) and abs(n) <= L.MAX_ABS_BOUND for n in numbers):
+            yield Problem(path, f"coefficients and bound must be finite, at most {L.MAX_ABS_BOUND:g} in absolute value")
+            continue
+        problems = [_constraint_parameter_problem(params.get(n), n) for n in constraint.coefficients]
+        for problem in problems:
             if problem:
                 yield Problem(path, problem)
+        if not any(problems):
+            checked.append((path, constraint))
+    yield from _feasibility_problems(checked, params)
 
 
 def _check_metrics(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
@@ -283,10 +529,10 @@ def _check_metrics(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     named = [(f"{root}.objectives[{i}].metric", o.metric) for i, o in enumerate(spec.objectives)]
     named += [(f"{root}.metrics.definitions[{i}].name", d.name) for i, d in enumerate(spec.metrics.definitions)]
     for path, name in named:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             yield Problem(
                 path,
-                f'"{name}" must be a letter or _ followed by letters, digits or _ '
+                f"{_quote(name)} must be a letter or _ followed by letters, digits or _ "
                 "(map a tag such as val/acc to it in metrics.definitions)",
             )
     objective_metrics = [o.metric for o in spec.objectives]
@@ -307,6 +553,9 @@ def _check_metrics(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         except ValueError as exc:
             yield Problem(path, str(exc))
             continue
+        if not math.isfinite(outcome.bound):
+            yield Problem(path, "the bound must be a finite number")
+            continue
         constrained.append(outcome.metric)
         if outcome.metric in objective_metrics:
             yield Problem(path, f'"{outcome.metric}" is an objective: give its bound as the objective\'s threshold')
@@ -322,9 +571,12 @@ def _check_budget(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         value = getattr(budget, field)
         if value is not None:
             try:
-                parse_duration(value)
+                seconds = parse_duration(value)
             except ValueError as exc:
                 yield Problem(f"{root}.budget.{alias}", str(exc))
+                continue
+            if seconds > L.MAX_DURATION_SECONDS:
+                yield Problem(f"{root}.budget.{alias}", f"must be at most {L.MAX_DURATION_SECONDS / 86400:g} days")
     if budget.parallelism > budget.max_trials:
         yield Problem(
             f"{root}.budget.parallelism", f"must not exceed maxTrials ({budget.parallelism} > {budget.max_trials})"
@@ -336,15 +588,46 @@ def _check_budget(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         )
     if spec.storage.type == "sql" and spec.storage.secret_ref is None:
         yield Problem(f"{root}.storage.secretRef", "is required when storage.type is sql")
+    if spec.storage.secret_ref is not None and not DNS_SUBDOMAIN.fullmatch(spec.storage.secret_ref.name):
+        yield Problem(f"{root}.storage.secretRef.name", _k8s_name_rule(spec.storage.secret_ref.name, "Secret"))
+
+
+def _k8s_name_rule(name: str, kind: str) -> str:
+    return (
+        f"{_quote(name)} is not a {kind} name of this namespace (lowercase letters, digits, '-' and '.', "
+        "at most 253 characters; no namespace prefix)"
+    )
+
+
+def _check_resources(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
+    resources = spec.trial.resources
+    for field in ("cpu", "memory"):
+        text = getattr(resources, field)
+        if text is None:
+            continue
+        path = f"{root}.trial.resources.{field}"
+        try:
+            value = parse_quantity(text)
+        except ValueError as exc:
+            yield Problem(path, str(exc))
+            continue
+        if value <= 0:
+            yield Problem(path, f'"{text}" must be greater than zero')
+        elif field == "memory" and memory_bytes(text) < 1024 * 1024:
+            yield Problem(path, f'"{text}" is less than 1Mi: no trial runs in that (did you mean "{text}i"?)')
 
 
 def _check_trial(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
+    trial = spec.trial
     allowed = {p.name for p in spec.parameters} | RESERVED_PLACEHOLDERS
-    templates = [("command", i, t) for i, t in enumerate(spec.trial.command)]
-    templates += [("args", i, t) for i, t in enumerate(spec.trial.args)]
-    templates += [("env", i, e.value) for i, e in enumerate(spec.trial.env)]
+    templates = [("command", i, t) for i, t in enumerate(trial.command)]
+    templates += [("args", i, t) for i, t in enumerate(trial.args)]
+    templates += [("env", i, e.value) for i, e in enumerate(trial.env)]
     for field, i, template in templates:
         path = f"{root}.trial.{field}[{i}]" + (".value" if field == "env" else "")
+        if "\x00" in template:
+            yield Problem(path, "must not contain a NUL character (no program can receive it)")
+            continue
         try:
             names = placeholders(template)
         except ValueError as exc:
@@ -353,45 +636,102 @@ def _check_trial(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         for name in names:
             if name not in allowed:
                 yield Problem(path, f'placeholder "{{{name}}}" names no parameter')
-    for i, mount in enumerate(spec.trial.mounts):
-        problem = _mount_problem(mount)
-        if problem:
-            yield Problem(f"{root}.trial.mounts[{i}]", problem)
-    for name in sorted(_duplicates(e.name for e in spec.trial.env)):
+    if trial.image is not None and not IMAGE_PATTERN.fullmatch(trial.image):
+        yield Problem(f"{root}.trial.image", f"{_quote(trial.image)} is not a container image reference")
+    for i, env in enumerate(trial.env):
+        if env.name.upper().startswith(RESERVED_ENV_PREFIX):
+            yield Problem(
+                f"{root}.trial.env[{i}].name",
+                f'"{env.name}": names starting with {RESERVED_ENV_PREFIX} are reserved for the runtime '
+                "(NAS_LOG_DIR, NAS_TRIAL_NAME, ...)",
+            )
+    yield from _check_resources(spec, root)
+    destinations: list[str] = []
+    for i, text in enumerate(trial.mounts):
+        try:
+            mount = parse_mount(text)
+        except ValueError as exc:
+            yield Problem(f"{root}.trial.mounts[{i}]", str(exc))
+            continue
+        if mount.dst is not None:
+            destinations.append(posixpath.normpath(mount.dst))
+    for dst in sorted(_duplicates(destinations)):
+        yield Problem(f"{root}.trial.mounts", f"{_quote(dst)} is mounted more than once")
+    if trial.service_account_name is not None and not DNS_SUBDOMAIN.fullmatch(trial.service_account_name):
+        yield Problem(f"{root}.trial.serviceAccountName", _k8s_name_rule(trial.service_account_name, "ServiceAccount"))
+    claim = spec.metrics.claim_name
+    if claim is not None and not DNS_SUBDOMAIN.fullmatch(claim):
+        yield Problem(f"{root}.metrics.claimName", _k8s_name_rule(claim, "PersistentVolumeClaim"))
+    for name in sorted(_duplicates(e.name for e in trial.env)):
         yield Problem(f"{root}.trial.env", f'duplicate variable "{name}"')
 
 
-def load_experiment(document: Mapping[str, Any]) -> NASExperiment:
-    """A checked NASExperiment, or SpecError listing every problem with its path."""
+def _problems_of(
+    spec: NASExperimentSpec, policy: TrialPolicy | None, cluster: bool, root: str = "spec"
+) -> list[Problem]:
+    problems = check_spec(spec, root)
+    if cluster:
+        problems += check_cluster(spec, root)
+    if policy is not None:
+        from nas_operator.resource.policy import check_policy  # policy builds on this module
+
+        problems += check_policy(spec, policy, root)
+    return problems
+
+
+def _not_a_mapping(document: Any, path: str) -> Problem:
+    kind = {list: "a list", str: "a string", type(None): "empty"}.get(type(document), type(document).__name__)
+    return Problem(path, f"must be a mapping (a NASExperiment{' spec' if path == 'spec' else ''}), not {kind}")
+
+
+def load_experiment(document: Any, *, policy: TrialPolicy | None = None, cluster: bool = True) -> NASExperiment:
+    """A checked NASExperiment, or SpecError listing every problem with its path.
+
+    `cluster` adds what a run on Kubernetes needs (an image; a claim for TensorBoard logs);
+    `policy` adds the platform team's trial policy. `nasctl run` passes cluster=False.
+    """
+    if not isinstance(document, Mapping):
+        raise SpecError([_not_a_mapping(document, "(document)")])
     try:
         experiment = NASExperiment.model_validate(document)
     except ValidationError as exc:
         raise SpecError(_pydantic_problems(exc)) from None
-    problems = check_spec(experiment.spec)
-    if not NAME_RFC1123.match(experiment.metadata.name):
+    problems = _problems_of(experiment.spec, policy, cluster)
+    name = experiment.metadata.name
+    if not NAME_RFC1123.fullmatch(name):
         problems.insert(
             0,
             Problem(
                 "metadata.name",
-                "must be a lowercase RFC 1123 name (a-z, 0-9, '-'), at most 52 characters",
+                f"{_quote(name)} must be a lowercase RFC 1123 name (a-z, 0-9, '-'), at most "
+                f"{L.MAX_EXPERIMENT_NAME} characters (Job names are <name>-t<index>)",
             ),
         )
+    namespace = experiment.metadata.namespace
+    if namespace is not None and not DNS_LABEL.fullmatch(namespace):
+        problems.insert(0, Problem("metadata.namespace", f"{_quote(namespace)} is not a namespace name"))
     if problems:
         raise SpecError(problems)
     return experiment
 
 
-def load_spec(document: Mapping[str, Any]) -> NASExperimentSpec:
+def load_spec(document: Any, *, policy: TrialPolicy | None = None, cluster: bool = True) -> NASExperimentSpec:
     """A checked spec alone (the `spec:` part of the resource), as the operator receives it."""
+    if not isinstance(document, Mapping):
+        raise SpecError([_not_a_mapping(document, "spec")])
     try:
         spec = NASExperimentSpec.model_validate(document)
     except ValidationError as exc:
         raise SpecError([Problem(f"spec.{p.path}", p.rule) for p in _pydantic_problems(exc)]) from None
-    problems = check_spec(spec)
+    problems = _problems_of(spec, policy, cluster)
     if problems:
         raise SpecError(problems)
     return spec
 
 
 # Job names are "<experiment>-t<index>" and must stay within 63 characters.
-NAME_RFC1123 = re.compile(r"^(?=.{1,52}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+NAME_RFC1123 = re.compile(rf"^(?=.{{1,{L.MAX_EXPERIMENT_NAME}}}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# registry/repository[:tag][@digest], loosely: no spaces, no control characters, no shell.
+IMAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._\-/:]*(@sha256:[a-f0-9]{64})?$", re.IGNORECASE)
