@@ -10,6 +10,7 @@ import click
 import yaml
 from rich.console import Console
 
+from nas_operator.resource.policy import TrialPolicy
 from nas_operator.resource.spec import NASExperiment
 from nas_operator.resource.spec_checks import SpecError, load_experiment
 
@@ -29,13 +30,20 @@ def _read_documents(path: Path) -> list[dict[str, Any]]:
     return documents
 
 
-def load_experiment_file(path: Path) -> NASExperiment:
-    """The single NASExperiment in a YAML file, or a ClickException listing every problem."""
-    documents = [d for d in _read_documents(path) if d.get("kind") == "NASExperiment"]
+def load_experiment_file(path: Path, *, cluster: bool = False, policy: TrialPolicy | None = None) -> NASExperiment:
+    """The single NASExperiment in a YAML file, or a ClickException listing every problem.
+
+    The default checks what a local run needs (`nasctl run`); pass cluster=True and the
+    trial policy for what the operator will check.
+    """
+    try:
+        documents = [d for d in _read_documents(path) if d.get("kind") == "NASExperiment"]
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more digits than Python converts
+        raise click.ClickException(f"{path}: cannot be read: {exc}") from None
     if len(documents) != 1:
         raise click.ClickException(f"{path}: expected one NASExperiment document, found {len(documents)}")
     try:
-        return load_experiment(documents[0])
+        return load_experiment(documents[0], cluster=cluster, policy=policy)
     except SpecError as exc:
         raise click.ClickException(f"{path} is not a valid NASExperiment:\n" + _indent(str(exc))) from None
 
@@ -50,17 +58,63 @@ def main() -> None:
     """Multi-objective neural architecture search, locally or on Kubernetes."""
 
 
+def _validation_documents(path: Path) -> tuple[list[Any], str | None]:
+    """A file's YAML documents (of any type: the checks name what is wrong), or why it cannot be read."""
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text()) if d is not None], None
+    except yaml.YAMLError as exc:
+        return [], f"not valid YAML: {exc}"
+    except OSError as exc:
+        return [], str(exc.strerror)
+    except UnicodeDecodeError:
+        return [], "not UTF-8 text"
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more digits than Python converts
+        return [], f"cannot be read: {str(exc)[:200]}"
+
+
+def _document_name(document: Any) -> str:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name[:80] if isinstance(name, str) else "?"
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(files: tuple[Path, ...]) -> None:
-    """Check NASExperiment files; print every problem with its field path and rule."""
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Helm values file whose trialPolicy block to apply [default: the chart's default policy].",
+)
+@click.option("--local", is_flag=True, help="Check only what `nasctl run` needs (no image, claim or trial policy).")
+def validate(files: tuple[Path, ...], policy_file: Path | None, local: bool) -> None:
+    """Check NASExperiment files; print every problem with its field path and rule.
+
+    By default a spec is checked as the operator will check it: the cluster's needs (an image,
+    a metrics claim for TensorBoard) and the trial policy.
+    """
+    policy: TrialPolicy | None = None
+    if not local:
+        policy = TrialPolicy()
+        if policy_file is not None:
+            values, problem = _validation_documents(policy_file)
+            try:
+                if problem:
+                    raise ValueError(problem)
+                policy = TrialPolicy.from_values(values[0] if values else {})
+            except ValueError as exc:
+                raise click.ClickException(f"{policy_file}: {exc}") from None
     bad = 0
     for path in files:
-        documents = _read_documents(path)
+        documents, unreadable = _validation_documents(path)
+        if unreadable or not documents:
+            bad += 1
+            click.echo(f"{path}: {unreadable or 'no document'}")
+            continue
         for document in documents:
-            name = (document.get("metadata") or {}).get("name", "?")
+            name = _document_name(document)
             try:
-                load_experiment(document)
+                load_experiment(document, policy=policy, cluster=not local)
             except SpecError as exc:
                 bad += 1
                 click.echo(f"{path} ({name}): {len(exc.problems)} problem(s)")
