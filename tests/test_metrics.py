@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from nas_operator.core import metrics
+from nas_operator.core.event_reader import ReadLimits
 from nas_operator.core.metrics import (
     MetricsError,
+    ScalarPoint,
+    event_files,
     metric_definitions,
     parse_termination_message,
     read_scalars,
     read_tensorboard_metrics,
+    reduce_curve,
 )
 from nas_operator.resource.spec import MetricDefinition
 from nas_operator.resource.spec_checks import load_experiment
@@ -101,3 +107,94 @@ def test_objectives_without_a_definition_default_to_their_name() -> None:
     definitions = {d.name: d for d in metric_definitions(load_experiment(doc).spec)}
     assert definitions["val_acc"].effective_tag == "validation/accuracy"
     assert (definitions["num_params"].effective_tag, definitions["num_params"].reduce) == ("num_params", "last")
+
+
+VAL_ACC = [MetricDefinition(name="val_acc")]
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ('{"val_acc": 1e999}', "value is inf"),
+        ('{"val_acc": -1e999}', "value is -inf"),
+        ('{"val_acc": ' + "9" * 4000 + "}", "value is inf"),
+        ('{"val_acc": ' + "9" * 5000 + "}", "over the 4096 bytes"),  # 10**5000: refused before parsing
+        ('{"val_acc": NaN}', "value is nan"),
+        ('{"val_acc": Infinity}', "value is inf"),
+        ('{"x": 1e308*10}', "not JSON"),
+        ('{"val_acc": "0.9"}', 'metric "val_acc" missing or not a number'),
+        ('{"val_acc": true}', 'metric "val_acc" missing or not a number'),
+        ('{"val_acc": {"val_acc": 0.9}}', 'metric "val_acc" missing or not a number'),
+        ('{"val_acc": [0.9]}', 'metric "val_acc" missing or not a number'),
+        ("[" * 2000 + "]" * 2000, "nested too deeply"),
+        ('{"val_acc": ' + "[" * 2000 + "]" * 2000 + "}", "nested too deeply"),
+        ("[0.9]", "must be a JSON object, got list"),
+        ("0.9", "must be a JSON object, got float"),
+        ('"val_acc"', "must be a JSON object, got str"),
+        ("null", "must be a JSON object, got NoneType"),
+        ('{"val_acc": 0.9', "not JSON"),
+        ("\udcff\x00", "not JSON"),
+        (json.dumps({"val_acc": 0.9, "pad": "x" * 5000}), "over the 4096 bytes"),
+    ],
+)
+def test_termination_message_errors_are_all_metrics_errors(message: str, error: str) -> None:
+    with pytest.raises(MetricsError, match=error):
+        parse_termination_message(message, VAL_ACC)
+
+
+def test_termination_message_numbers() -> None:
+    big = parse_termination_message('{"val_acc": 123456789012345678901234567890}', VAL_ACC)
+    assert big == {"val_acc": pytest.approx(1.2345678901234568e29)}
+    assert parse_termination_message('{"val_acc": -0.0, "other": ' + "9" * 4000 + "}", VAL_ACC) == {"val_acc": 0.0}
+    assert parse_termination_message(json.dumps({"val_acc": 0.5, "pad": "x" * 3900}), VAL_ACC) == {"val_acc": 0.5}
+
+
+def test_integers_past_pythons_int_string_limit_are_inf_not_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size cap already refuses 10**5000; without it, the parser must still not raise ValueError."""
+    monkeypatch.setattr(metrics, "MAX_TERMINATION_MESSAGE_BYTES", 1_000_000)
+    with pytest.raises(MetricsError, match="value is inf"):
+        parse_termination_message('{"val_acc": ' + "1" + "0" * 5000 + "}", VAL_ACC)
+    assert parse_termination_message('{"val_acc": 0.5, "n": ' + "1" * 6000 + "}", VAL_ACC) == {"val_acc": 0.5}
+
+
+def test_a_bound_that_hides_the_metric_is_named_in_the_error(tmp_path: Path) -> None:
+    _write(tmp_path / "a", {"loss": [1.0]})
+    _write(tmp_path / "b", {"val_acc": [0.5]})
+    with pytest.raises(MetricsError, match=r'tag "val_acc" not found .* reading stopped at a bound: .*MAX_EVENT_FILES'):
+        read_tensorboard_metrics(tmp_path, VAL_ACC, ReadLimits(max_files=1))
+    assert read_tensorboard_metrics(tmp_path, VAL_ACC) == {"val_acc": 0.5}
+
+
+def test_a_bound_that_leaves_the_metric_computable_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(tmp_path / "a", {"val_acc": [0.5]})
+    _write(tmp_path / "b", {"val_acc": [0.75]})
+    assert read_tensorboard_metrics(tmp_path, VAL_ACC, ReadLimits(max_files=1)) == {"val_acc": 0.5}
+    assert "MAX_EVENT_FILES" in caplog.text
+
+
+def test_event_files_and_read_scalars_skip_links_and_fifos(tmp_path: Path) -> None:
+    _write(tmp_path / "trial", {"val_acc": [0.5]})
+    _write(tmp_path / "other", {"val_acc": [0.99]})
+    (tmp_path / "trial" / "elsewhere").symlink_to(tmp_path / "other", target_is_directory=True)
+    os.mkfifo(tmp_path / "trial" / "events.out.tfevents.0.fifo")
+    assert [p.parent for p in event_files(tmp_path / "trial")] == [tmp_path / "trial"]
+    assert [p.value for p in read_scalars(tmp_path / "trial")["val_acc"]] == [0.5]
+    assert read_tensorboard_metrics(tmp_path / "trial", [MetricDefinition(name="val_acc", reduce="max")]) == {
+        "val_acc": 0.5
+    }
+
+
+def test_a_log_dir_that_is_a_symlink_is_refused_with_the_reason(tmp_path: Path) -> None:
+    _write(tmp_path / "other", {"val_acc": [0.99]})
+    (tmp_path / "trial").symlink_to(tmp_path / "other", target_is_directory=True)
+    with pytest.raises(MetricsError, match=r"no TensorBoard event files under .*links are not followed"):
+        read_tensorboard_metrics(tmp_path / "trial", VAL_ACC)
+
+
+def test_reduce_curve_keeps_its_contract() -> None:
+    points = [ScalarPoint(2, 0.0, 0.25), ScalarPoint(0, 1.0, 0.5), ScalarPoint(1, 2.0, float("nan"))]
+    assert [reduce_curve(points, how) for how in ("last", "max", "min")] == [0.25, 0.5, 0.25]
+    with pytest.raises(ValueError, match="unknown reduction"):
+        reduce_curve(points, "mean")

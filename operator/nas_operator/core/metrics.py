@@ -1,10 +1,8 @@
 """Reading a finished trial's metrics: TensorBoard event files, or a JSON termination message.
 
-TensorBoard's own loader is used, so both encodings of a scalar are understood: the legacy
-`simple_value` that `torch.utils.tensorboard.SummaryWriter.add_scalar` writes, and the
-tensor form with the scalars plugin that newer writers use (the case Katib's collector
-misses, kubeflow/katib#2466). Event files are searched recursively, because Lightning's
-TensorBoardLogger nests them under `<name>/version_<n>/`.
+Event files are read by the bounded, link-refusing, incremental reader of event_reader.py (the trial controls its log
+dir); here a one-off read of a finished trial becomes one value per metric, and every way that can go wrong, in the
+files or in a termination message, becomes a MetricsError that fails that trial and nothing else.
 """
 
 from __future__ import annotations
@@ -12,26 +10,38 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from nas_operator.core.event_files import EVENT_FILE_MARKER, find_event_files
+from nas_operator.core.event_reader import DEFAULT_LIMITS, EventReader, ReadLimits
+from nas_operator.core.scalar_curve import Curve, ScalarPoint
 from nas_operator.resource.spec import MetricDefinition, NASExperimentSpec
 
 log = logging.getLogger(__name__)
-EVENT_FILE_MARKER = "tfevents"
+
+__all__ = [
+    "EVENT_FILE_MARKER",
+    "MAX_TERMINATION_MESSAGE_BYTES",
+    "MetricsError",
+    "ScalarPoint",
+    "event_files",
+    "metric_definitions",
+    "parse_termination_message",
+    "read_scalars",
+    "read_tensorboard_metrics",
+    "read_trial_metrics",
+    "reduce_curve",
+]
+
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+"""Kubernetes keeps at most 4096 bytes of a container's termination message; anything longer did not come from a
+pod, and parsing it is work an attacker chooses."""
 
 
 class MetricsError(Exception):
     """A trial's metrics could not be read; the message says which and why (it fails the trial)."""
-
-
-@dataclass(frozen=True)
-class ScalarPoint:
-    step: int
-    wall_time: float
-    value: float
 
 
 def metric_definitions(spec: NASExperimentSpec) -> list[MetricDefinition]:
@@ -45,88 +55,84 @@ def metric_definitions(spec: NASExperimentSpec) -> list[MetricDefinition]:
     return list(seen.values())
 
 
-def event_files(log_dir: Path) -> list[Path]:
-    if not log_dir.is_dir():
-        return []
-    found = [Path(root) / f for root, _, files in os.walk(log_dir) for f in files if EVENT_FILE_MARKER in f]
-    return sorted(found)
+def event_files(log_dir: Path, limits: ReadLimits = DEFAULT_LIMITS) -> list[Path]:
+    """The event files that would be read under `log_dir` (regular files only, no links followed, bounded)."""
+    return [log_dir.joinpath(*parts) for parts in find_event_files(log_dir, limits.walk()).files]
 
 
-def read_scalars(log_dir: Path, tags: Iterable[str] | None = None) -> dict[str, list[ScalarPoint]]:
-    """All scalar curves under `log_dir` (optionally only `tags`), ordered by step then time."""
-    # Imported here: TensorBoard's import costs ~1 s and only this path needs it.
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    wanted = set(tags) if tags is not None else None
-    curves: dict[str, list[ScalarPoint]] = {}
-    for path in event_files(log_dir):
-        try:
-            for event in EventFileLoader(str(path)).Load():
-                if not event.HasField("summary"):
-                    continue
-                for value in event.summary.value:
-                    if wanted is not None and value.tag not in wanted:
-                        continue
-                    if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
-                        continue
-                    if not value.HasField("tensor"):
-                        continue
-                    array = tensor_util.make_ndarray(value.tensor)
-                    if array.size != 1:
-                        continue
-                    point = ScalarPoint(int(event.step), float(event.wall_time), float(array.reshape(()).item()))
-                    curves.setdefault(value.tag, []).append(point)
-        except Exception as exc:  # a torn or foreign file must not hide the others' values
-            log.warning("skipping unreadable event file %s: %s", path, exc)
-    for points in curves.values():
-        points.sort(key=lambda p: (p.step, p.wall_time))
-    return curves
+def read_scalars(
+    log_dir: Path, tags: Iterable[str] | None = None, limits: ReadLimits = DEFAULT_LIMITS
+) -> dict[str, list[ScalarPoint]]:
+    """Scalar curves under `log_dir` (optionally only `tags`), ordered by step then time, thinned to the bounds."""
+    reader = EventReader(log_dir, tags, limits)
+    reader.update()
+    return {tag: curve.points() for tag, curve in reader.curves().items()}
 
 
-def reduce_curve(points: list[ScalarPoint], how: str) -> float:
-    if how == "last":
-        return points[-1].value
-    if how == "max":
-        return max(p.value for p in points)
-    if how == "min":
-        return min(p.value for p in points)
-    raise ValueError(f"unknown reduction {how!r}")
+def reduce_curve(points: Iterable[ScalarPoint], how: str) -> float:
+    """last (at the highest step), max or min (NaN skipped) of a curve; ValueError for an unknown reduction."""
+    curve = Curve()
+    for point in points:
+        curve.add(point)
+    return curve.reduce(how)
 
 
-def read_tensorboard_metrics(log_dir: Path, definitions: Iterable[MetricDefinition]) -> dict[str, float]:
-    """One value per metric, or MetricsError naming every missing or non-finite one."""
+def read_tensorboard_metrics(
+    log_dir: Path, definitions: Iterable[MetricDefinition], limits: ReadLimits = DEFAULT_LIMITS
+) -> dict[str, float]:
+    """One value per metric, or MetricsError naming every missing or non-finite one (and any bound that was hit)."""
     definitions = list(definitions)
-    files = event_files(log_dir)
-    if not files:
-        raise MetricsError(f"no TensorBoard event files under {log_dir}")
-    curves = read_scalars(log_dir, {d.effective_tag for d in definitions})
+    reader = EventReader(log_dir, {d.effective_tag for d in definitions}, limits)
+    report = reader.update()
+    bounds = f"; reading stopped at a bound: {'; '.join(report.bounds)}" if report.bounds else ""
+    if not reader.files:
+        detail = f" ({reader.root_problem})" if reader.root_problem else ""
+        raise MetricsError(f"no TensorBoard event files under {log_dir}{detail}{bounds}")
     values: dict[str, float] = {}
     problems: list[str] = []
     for definition in definitions:
-        points = curves.get(definition.effective_tag)
-        if not points:
-            available = sorted(read_scalars(log_dir).keys())
+        curve = reader.curve(definition.effective_tag)
+        if curve is None:
             problems.append(
-                f'metric "{definition.name}": tag "{definition.effective_tag}" not found in {len(files)} '
-                f"event file(s) under {log_dir} (tags there: {', '.join(available) or 'none'})"
+                f'metric "{definition.name}": tag "{definition.effective_tag}" not found in {len(reader.files)} '
+                f"event file(s) under {log_dir} (tags there: {', '.join(reader.tags()) or 'none'})"
             )
             continue
-        value = reduce_curve(points, definition.reduce)
+        value = curve.reduce(definition.reduce)
         if not math.isfinite(value):
             problems.append(f'metric "{definition.name}": value is {value}')
             continue
         values[definition.name] = value
     if problems:
-        raise MetricsError("; ".join(problems))
+        raise MetricsError("; ".join(problems) + bounds)
+    if report.bounds:
+        log.warning("metrics under %s read within bounds, values may be partial: %s", log_dir, "; ".join(report.bounds))
+    for warning in report.warnings:
+        log.warning("metrics under %s: %s", log_dir, warning)
     return values
 
 
+def _json_number(text: str) -> float:
+    """JSON numbers as floats: an integer of 5000 digits is inf, not Python's int-string-limit ValueError."""
+    return float(text)
+
+
 def parse_termination_message(message: str, definitions: Iterable[MetricDefinition]) -> dict[str, float]:
-    """Metrics from a pod's termination message: a JSON object {metric: number}."""
+    """Metrics from a pod's termination message: a JSON object {metric: number}.
+
+    Every failure is a MetricsError: a message that is too long, not JSON, nested past the parser's recursion limit,
+    not an object, or with a metric missing, not a number, or not finite (1e999 and 10**5000 parse as inf).
+    """
+    size = len(message.encode("utf-8", errors="replace"))
+    if size > MAX_TERMINATION_MESSAGE_BYTES:
+        raise MetricsError(
+            f"termination message is {size} bytes, over the {MAX_TERMINATION_MESSAGE_BYTES} bytes Kubernetes keeps"
+        )
     try:
-        document = json.loads(message)
-    except json.JSONDecodeError as exc:
+        document: Any = json.loads(message, parse_int=_json_number, parse_float=_json_number)
+    except RecursionError:
+        raise MetricsError("termination message is nested too deeply to be a metrics object") from None
+    except ValueError as exc:  # JSONDecodeError and anything a number conversion raises
         raise MetricsError(f"termination message is not JSON ({exc}): {message[:200]!r}") from None
     if not isinstance(document, Mapping):
         raise MetricsError(f"termination message must be a JSON object, got {type(document).__name__}")
@@ -137,10 +143,14 @@ def parse_termination_message(message: str, definitions: Iterable[MetricDefiniti
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             problems.append(f'metric "{definition.name}" missing or not a number in the termination message')
             continue
-        if not math.isfinite(raw):
-            problems.append(f'metric "{definition.name}": value is {raw}')
+        try:
+            number = float(raw)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            problems.append(f'metric "{definition.name}": value is {number}')
             continue
-        values[definition.name] = float(raw)
+        values[definition.name] = number
     if problems:
         raise MetricsError("; ".join(problems))
     return values
