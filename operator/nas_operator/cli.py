@@ -97,10 +97,10 @@ def validate(files: tuple[Path, ...], policy_file: Path | None, local: bool) -> 
     if not local:
         policy = TrialPolicy()
         if policy_file is not None:
-            values, problem = _validation_documents(policy_file)
+            values, unread = _validation_documents(policy_file)
             try:
-                if problem:
-                    raise ValueError(problem)
+                if unread:
+                    raise ValueError(unread)
                 policy = TrialPolicy.from_values(values[0] if values else {})
             except ValueError as exc:
                 raise click.ClickException(f"{policy_file}: {exc}") from None
