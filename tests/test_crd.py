@@ -62,3 +62,23 @@ def test_schema_is_structural_with_immutability_and_columns() -> None:
     assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == ["Phase", "Trials", "Max", "Running"]
     assert definition["spec"]["names"]["shortNames"] == ["nasx"]
     yaml.safe_load(crd_yaml())
+
+
+def test_limits_and_grammars_reach_the_schema() -> None:
+    """One source of numbers: the CRD carries what `nasctl validate` checks."""
+    from nas_operator.resource import limits
+    from nas_operator.resource.quantities import QUANTITY_REGEX
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema["x-kubernetes-validations"][0]["rule"] == f"self.metadata.name.size() <= {limits.MAX_EXPERIMENT_NAME}"
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["parameters"]["maxItems"] == limits.MAX_PARAMETERS
+    assert spec["objectives"]["maxItems"] == limits.MAX_OBJECTIVES
+    assert spec["budget"]["properties"]["parallelism"]["maximum"] == limits.MAX_PARALLELISM
+    assert spec["budget"]["properties"]["maxTrials"]["maximum"] == limits.MAX_TRIALS
+    trial = spec["trial"]["properties"]
+    assert trial["args"]["items"]["maxLength"] == limits.MAX_TEMPLATE_LENGTH
+    assert trial["resources"]["properties"]["cpu"]["pattern"] == QUANTITY_REGEX
+    assert trial["env"]["items"]["properties"]["name"]["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*$"
+    rules = [r["rule"] for r in schema["properties"]["spec"]["x-kubernetes-validations"]]
+    assert any("claimName" in rule for rule in rules)

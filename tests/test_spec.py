@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from nas_operator.cli import main
+from nas_operator.resource.quantities import cpu_cores, memory_bytes, parse_quantity
 from nas_operator.resource.spec_checks import (
     SpecError,
+    ax_infers_log_scale,
     load_experiment,
     load_spec,
     parse_duration,
@@ -264,3 +266,101 @@ def test_outcome_constraint_and_placeholders() -> None:
     c = parse_outcome_constraint("latency_p99_ms <= 5e-1")
     assert (c.metric, c.op, c.bound) == ("latency_p99_ms", "<=", 0.5)
     assert placeholders("--x={x} --y={y} {{literal}}") == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cores", "size"),
+    [("500m", 0.5, 1), ("2", 2.0, 2), ("4Gi", 4 * 2**30, 4 * 2**30), ("1e3", 1000.0, 1000), ("1.5Ki", 1536.0, 1536)],
+)
+def test_quantities_follow_kubernetes_grammar(text: str, cores: float, size: int) -> None:
+    assert cpu_cores(text) == cores
+    assert memory_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["two", "4 gigs", "4gi", "", "Gi", "1.2.3", "2\n", "\u0663", "1e400"])
+def test_bad_quantities(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_quantity(text)
+
+
+@pytest.mark.parametrize(
+    ("template", "rule"),
+    [
+        ("{x:>4000000000}", "format spec"),
+        ("{lr:.3f}", "format spec"),
+        ("{x!r}", "conversion"),
+        ("{x.a}", "attribute or index"),
+        ("{x[0]}", "attribute or index"),
+        ("{}", "positional"),
+        ("{0}", "positional"),
+        ("{a b}", "not a name"),
+        ("--json={", 'a "{" that opens no placeholder'),
+        ("x}", 'a "}" that closes no placeholder'),
+    ],
+)
+def test_placeholders_are_bare_names_only(template: str, rule: str) -> None:
+    with pytest.raises(ValueError, match=rule):
+        placeholders(template)
+
+
+def test_literal_braces_stay_literal() -> None:
+    assert placeholders("{{x:>9}} {{}} {y}") == ["y"]
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [
+        ([16, 32, 64, 128], True),
+        ([10, 20, 40], True),
+        ([1, 10, 100], True),
+        ([0.1, 0.2, 0.5], False),
+        ([1, 2, 3, 4], False),
+        ([2, 4], False),
+        ([-1, 1, 2], False),
+    ],
+)
+def test_ax_log_scale_heuristic(values: list[float], log: bool) -> None:
+    """Ax (1.3) puts such choices on a log scale itself, and then refuses constraints on them."""
+    assert ax_infers_log_scale(values) is log
+
+
+def _linear_doc(doc: dict[str, Any], constraint: str) -> dict[str, Any]:
+    for name in ("hidden_size_1", "hidden_size_2"):
+        _param(doc, name)["logScale"] = False
+    doc["spec"]["parameterConstraints"] = [constraint]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("constraint", "rule"),
+    [
+        ("hidden_size_1 + hidden_size_2 <= 2", "no point of the search space satisfies it"),
+        ("hidden_size_1 + hidden_size_2 <= 8", "only the boundary"),
+        ("1e12*dropout + epochs <= 6", "leaves (almost) no room"),
+        ("batch_size <= hidden_size_1", "a choice Ax models on a log scale"),
+    ],
+)
+def test_constraints_ax_refuses(digits_doc: dict[str, Any], constraint: str, rule: str) -> None:
+    problems = _problems(_linear_doc(digits_doc, constraint))
+    assert any(p.startswith("spec.parameterConstraints") and rule in p for p in problems), problems
+
+
+def test_constraints_ax_accepts(digits_doc: dict[str, Any]) -> None:
+    load_experiment(_linear_doc(digits_doc, "hidden_size_2 <= hidden_size_1"))
+    load_experiment(_linear_doc(digits_doc, "0.5*hidden_size_2 + dropout <= hidden_size_1 + 3"))
+
+
+def test_cluster_needs_are_checked_only_for_a_cluster(digits_doc: dict[str, Any]) -> None:
+    digits_doc["spec"]["metrics"].pop("claimName")
+    digits_doc["spec"]["trial"].pop("image")
+    problems = _problems(digits_doc)
+    assert [p.split(":")[0] for p in problems] == ["spec.trial.image", "spec.metrics.claimName"]
+    assert load_experiment(digits_doc, cluster=False).spec.trial.image is None
+
+
+@pytest.mark.parametrize("document", [[], "spec", None, 3])
+def test_documents_that_are_not_mappings_are_problems(document: Any) -> None:
+    with pytest.raises(SpecError, match=r"^\(document\): must be a mapping"):
+        load_experiment(document)
+    with pytest.raises(SpecError, match=r"^spec: must be a mapping"):
+        load_spec(document)

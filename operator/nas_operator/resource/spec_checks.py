@@ -435,7 +435,7 @@ def _feasibility_problems(
         smallest = _smallest_left_side(constraint, params)
         if smallest is None:
             continue
-        scale = max([abs(constraint.bound), 1.0] + [abs(c) for c in constraint.coefficients.values()])
+        scale = max(abs(constraint.bound), abs(smallest), 1.0)
         if smallest > constraint.bound + 1e-12 * scale:
             yield Problem(
                 path,
