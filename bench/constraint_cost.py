@@ -37,7 +37,7 @@ def response(p: dict[str, float]) -> dict[str, float]:
 
 
 def engine_with_data(document: dict[str, Any], observations: int) -> tuple[Engine, LoopState]:
-    spec = load_experiment(document).spec
+    spec = load_experiment(document, cluster=False).spec
     engine = Engine.create(spec, "bench")
     state = LoopState("bench", "x")
     while len(state.trials) < observations:
@@ -80,7 +80,7 @@ def main() -> None:
     decode(blob)
     decoded = time.perf_counter() - start
     start = time.perf_counter()
-    Engine.restore(load_experiment(unconstrained).spec, snapshot)
+    Engine.restore(load_experiment(unconstrained, cluster=False).spec, snapshot)
     restored = time.perf_counter() - start
     print(
         f"state document for {len(state.trials)} trials: {len(blob) / 1024:.1f} KiB gzip "

@@ -48,7 +48,7 @@ def measure_point(observations: int, objectives: int, batch: int) -> dict[str, A
     from nas_operator.resource.spec_checks import load_experiment
     from nas_operator.search.engine import Engine
 
-    spec = load_experiment(spec_document(objectives, observations)).spec
+    spec = load_experiment(spec_document(objectives, observations), cluster=False).spec
     engine = Engine.create(spec, "bench")
     while sum(1 for s in engine.trial_statuses().values() if s == "COMPLETED") < observations:
         for candidate in engine.generate(observations - len(engine.trial_statuses())):

@@ -92,7 +92,7 @@ def run_ours(document: dict[str, Any], workdir: Path, background: bool, prior: i
 
     document = copy.deepcopy(document)
     document["spec"]["budget"]["maxTrials"] += prior
-    experiment = load_experiment(document)
+    experiment = load_experiment(document, cluster=False)
     results = workdir / ("ours-ahead" if background else "ours-inline")
     if prior:  # saved as an experiment this far along; run_local resumes it as `nasctl run` would
         engine = Engine.create(experiment.spec, experiment.metadata.name)

@@ -123,7 +123,7 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
             "trial": {"command": ["in-process"]},
         },
     }
-    spec = load_experiment(document).spec
+    spec = load_experiment(document, cluster=False).spec
 
     def trial(launch: TrialLaunch) -> dict[str, float]:
         x = [float(launch.parameters[f"x{i}"]) for i in range(len(dims))]
@@ -371,7 +371,7 @@ def digits(args: argparse.Namespace) -> None:
             document = copy.deepcopy(base)
             document["spec"]["budget"].update(maxTrials=args.digits_trials, maxDuration="3h")
             document["spec"]["algorithm"] = {"name": algorithm, "initialTrials": 8, "seed": seed}
-            experiment = load_experiment(document)
+            experiment = load_experiment(document, cluster=False)
             with tempfile.TemporaryDirectory(prefix="nas-digits-") as tmp:
                 started = time.perf_counter()
                 outcome = run_local(

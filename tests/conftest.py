@@ -39,7 +39,7 @@ def toy_doc(**budget: Any) -> dict[str, Any]:
             ],
             "budget": {"maxTrials": 6, "parallelism": 2, **budget},
             "algorithm": {"name": "sobol", "seed": 1},
-            "trial": {"command": ["true"], "args": ["--x={x}", "--y={y}"]},
+            "trial": {"image": "toy:latest", "command": ["true"], "args": ["--x={x}", "--y={y}"]},
             "metrics": {"source": "terminationMessage"},
         },
     }

@@ -69,6 +69,7 @@ class OperatorProcess:
             "NAS_METRICS_ADDRESS": "127.0.0.1",
         }
         self.log_file = log_file
+        self.logs = logs
         self.process: subprocess.Popen[bytes] | None = None
 
     def scrape(self, path: str = "/metrics", port: int | None = None) -> str:
@@ -101,9 +102,13 @@ def operator_process(cluster: ControlPlane, namespace: str, tmp_path: Path) -> I
     cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
     logs = tmp_path / "logs"
     logs.mkdir()
-    _pv_and_claim(cluster, namespace, logs)
     second = f"{namespace}-b"
     cluster.kubectl("create", "namespace", second)
+    for ns in (namespace, second):
+        # Every trial of these tests runs under the API server's own Pod Security admission at its strictest level,
+        # and both namespaces' claims reach the one shared volume the operator reads.
+        cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+        _pv_and_claim(cluster, ns, logs)
     process = OperatorProcess(cluster, [namespace, second], logs, tmp_path / "operator.log")
     process.start()
     try:
@@ -313,21 +318,35 @@ def _termination_message_experiment(name: str, max_trials: int) -> dict[str, Any
     return doc
 
 
-def test_two_namespaces_progress_independently(cluster: ControlPlane, namespace: str, operator: Path) -> None:
+def test_two_namespaces_with_the_same_experiment_on_one_volume_stay_apart(
+    cluster: ControlPlane, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Two teams apply the same example under the same name; both claims reach one volume; nothing is shared."""
+    operator = operator_process.log_file
     second = f"{namespace}-b"
     deadline = time.monotonic() + 60
     while cluster.kubectl("get", "serviceaccount", "default", "-n", second, check=False).returncode != 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     for ns, trials in ((namespace, 2), (second, 3)):
-        doc = _termination_message_experiment("twin", trials)
+        doc = _small_experiment("twin")
+        doc["spec"]["budget"].update(maxTrials=trials, parallelism=2)
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
     first = _wait_phase(cluster, namespace, "twin", "Succeeded", operator)
     other = _wait_phase(cluster, second, "twin", "Succeeded", operator)
-    assert (first["trials"]["total"], other["trials"]["total"]) == (2, 3)
+    assert (first["trials"]["succeeded"], other["trials"]["succeeded"]) == (2, 3)
     for ns, count in ((namespace, 2), (second, 3)):
         names = cluster.kubectl("get", "jobs", "-n", ns, "-o", "name").stdout.split()
         assert sorted(names) == [f"job.batch/twin-t{i}" for i in range(count)]
+        uid = _get(cluster, ns, "twin")["metadata"]["uid"]
+        experiment_dir = operator_process.logs / ns / f"twin-{uid[:8]}"
+        # each trial wrote only under its own namespace/experiment-uid/trial/pod directory
+        assert sorted(p.name for p in experiment_dir.iterdir()) == sorted(f"twin-t{i}" for i in range(count))
+        for trial_dir in experiment_dir.iterdir():
+            pods = list(trial_dir.iterdir())
+            assert len(pods) == 1 and pods[0].name.startswith(f"{trial_dir.name}-"), pods
+            assert any(pods[0].rglob("*tfevents*"))
+    assert sorted(p.name for p in operator_process.logs.iterdir()) == sorted([namespace, second])
 
 
 def test_suspend_then_resume_then_raise_the_budget(cluster: ControlPlane, namespace: str, operator: Path) -> None:
@@ -360,6 +379,7 @@ def test_sql_storage_keeps_the_state_in_postgresql_and_the_finalizer_removes_it(
     postgres_url: str,  # noqa: F811
 ) -> None:
     cluster.kubectl("create", "secret", "generic", "nas-db", "-n", namespace, f"--from-literal=url={postgres_url}")
+    cluster.kubectl("label", "secret", "nas-db", "-n", namespace, "nas.operator.dev/state-store=true")  # the opt-in
     doc = _termination_message_experiment("in-sql", 2)
     doc["spec"]["storage"] = {"type": "sql", "secretRef": {"name": "nas-db", "key": "url"}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))

@@ -3,6 +3,11 @@
 Plain synchronous code, called by the Kopf handlers from a worker thread (model fitting and
 Ax's bookkeeping must never run on the event loop). It knows nothing of Kopf: the handlers
 pass the object's spec in and patch the status it returns.
+
+The in-memory loop is a cache of the stored state, trusted only while every save succeeds:
+after any error in a step (a refused save, a conflict with another writer, an API error) it is
+dropped, and the next step rebuilds it from the store and the cluster. So the store never lags
+behind what was launched, and an outside edit of the state is re-read instead of overwritten.
 """
 
 from __future__ import annotations
@@ -20,14 +25,26 @@ from nas_operator.cluster.telemetry import Telemetry
 from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import build_status, timestamp
-from nas_operator.resource.spec import API_GROUP, API_VERSION, KIND, NASExperimentSpec, NASExperimentStatus
-from nas_operator.resource.spec_checks import Problem, SpecError, load_spec
+from nas_operator.resource.policy import TrialPolicy
+from nas_operator.resource.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    Condition,
+    NASExperimentSpec,
+    NASExperimentStatus,
+)
+from nas_operator.resource.spec_checks import NAME_RFC1123, Problem, SpecError, load_spec
 from nas_operator.search.engine import Engine
 from nas_operator.search.worker import ThreadedEngineWorker
-from nas_operator.storage.store import ConfigMapStore, StateTooLarge
-from nas_operator.storage.store_sql import SQLStore
+from nas_operator.storage.store import ConfigMapStore, ForeignState, StateTooLarge, StoreConflict
+from nas_operator.storage.store_sql import SQLStore, UnsafeDatabaseURL
 
 log = logging.getLogger(__name__)
+# Only a Secret that carries this label may hold a state-store URL: a NASExperiment author who may not read Secrets
+# cannot point the operator at one, and only someone who may write Secrets can set the label.
+SQL_STORE_LABEL = "nas.operator.dev/state-store"
+SQL_STORE_LABEL_VALUE = "true"
 TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}
 
 
@@ -42,28 +59,71 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def failed_status(reason: str, message: str, generation: int | None) -> NASExperimentStatus:
-    """A status for an experiment that cannot run at all (InvalidSpec, StateTooLarge)."""
+def _since(previous: NASExperimentStatus | None, kind: str, reason: str, message: str) -> str | None:
+    """The condition's transition time: kept while nothing about it changed (no PATCH per step for a stuck object)."""
+    for condition in previous.conditions if previous is not None else []:
+        if condition.type == kind and condition.reason == reason and condition.message == message:
+            return condition.last_transition_time
+    return timestamp(datetime.now(UTC).timestamp())
+
+
+def failed_status(
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: NASExperimentStatus | None = None,
+    phase: str = "Failed",
+) -> NASExperimentStatus:
+    """A status for an experiment that cannot run (InvalidSpec, StateTooLarge) or cannot run yet (ForeignState)."""
+    kind = "Failed" if phase == "Failed" else "Blocked"
     return NASExperimentStatus(
-        phase="Failed",
+        phase=phase,  # type: ignore[arg-type]
         reason=reason,
         message=message,
         observed_generation=generation,
         conditions=[
             {  # type: ignore[list-item]
-                "type": "Failed",
+                "type": kind,
                 "status": "True",
                 "reason": reason,
                 "message": message,
-                "lastTransitionTime": timestamp(datetime.now(UTC).timestamp()),
+                "lastTransitionTime": _since(previous, kind, reason, message),
             }
         ],
     )
 
 
+def _with_store_condition(
+    status: NASExperimentStatus, problem: tuple[str, str] | None, previous: NASExperimentStatus | None
+) -> NASExperimentStatus:
+    """Add `StateSaved`: False with the reason while steps fail, True again once one succeeds after a failure."""
+    had_problem = previous is not None and any(
+        c.type == "StateSaved" and c.status == "False" for c in previous.conditions
+    )
+    if problem is None and not had_problem:
+        return status
+    reason, message = problem if problem is not None else ("Saved", "the state was saved")
+    condition = Condition(
+        type="StateSaved",
+        status="False" if problem is not None else "True",
+        reason=reason,
+        message=message,
+        last_transition_time=_since(previous, "StateSaved", reason, message),
+    )
+    kept = [c for c in status.conditions if c.type != "StateSaved"]
+    return status.model_copy(update={"conditions": [*kept, condition]})
+
+
 class ExperimentController:
     def __init__(
-        self, api_client: Any, namespace: str, name: str, uid: str, telemetry: Telemetry | None = None
+        self,
+        api_client: Any,
+        namespace: str,
+        name: str,
+        uid: str,
+        telemetry: Telemetry | None = None,
+        policy: TrialPolicy | None = None,
+        request_timeout: float = 30.0,
     ) -> None:
         from kubernetes import client
 
@@ -72,6 +132,8 @@ class ExperimentController:
         self.namespace, self.name, self.uid = namespace, name, uid
         self.owner = owner_reference(name, uid)
         self.metrics_root = Path(os.environ.get("NAS_METRICS_ROOT", TRIAL_LOG_MOUNT))
+        self.policy = policy or TrialPolicy()
+        self.request_timeout = request_timeout
         self.store: ConfigMapStore | SQLStore | None = None
         self.loop: ExperimentLoop | None = None
         self.worker: ThreadedEngineWorker | None = None
@@ -94,35 +156,97 @@ class ExperimentController:
         return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def _step(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
+        status = self._step_status(spec_document, generation)
+        self.previous = status
+        return status
+
+    def _step_status(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
+        previous = self.previous
         try:
-            spec = load_spec(spec_document)
+            spec = load_spec(spec_document, policy=self.policy, cluster=True)
+            if not NAME_RFC1123.fullmatch(self.name):  # the CRD refuses it too; this guards a CRD without the rule
+                raise SpecError(
+                    [Problem("metadata.name", "must be a lowercase RFC 1123 name of at most 52 characters")]
+                )
         except SpecError as exc:
-            return failed_status("InvalidSpec", str(exc), generation)
+            self._drop_loop()
+            return failed_status("InvalidSpec", str(exc), generation, previous)
         try:
             loop = self._loop(spec)
             loop.update_spec(spec)
             loop.step()
         except StateTooLarge as exc:
-            return failed_status("StateTooLarge", str(exc), generation)
+            self._drop_loop()
+            return failed_status("StateTooLarge", str(exc), generation, previous)
         except SpecError as exc:
-            return failed_status("InvalidSpec", str(exc), generation)
-        status = build_status(spec, loop.state, generation, self.previous)
-        self.previous = status
-        return status
+            self._drop_loop()
+            return failed_status("InvalidSpec", str(exc), generation, previous)
+        except ForeignState as exc:
+            self._drop_loop()
+            return failed_status("ForeignState", str(exc), generation, previous, phase="Pending")
+        except Exception as exc:
+            # Fail closed: whatever this step did in memory and could not save is forgotten; the next step re-reads
+            # the store (a fresh resourceVersion after a conflict) and the cluster, and carries on from there.
+            reason = "StoreConflict" if isinstance(exc, StoreConflict) else "StepFailed"
+            log.warning("%s/%s: step failed, state will be re-read: %s", self.namespace, self.name, exc)
+            self._drop_loop()
+            problem = (reason, f"{type(exc).__name__}: {exc}"[:1024])
+            if self.telemetry is not None:
+                self.telemetry.count_error(self.namespace, self.name)
+            if previous is None:
+                return failed_status(reason, problem[1], generation, previous, phase="Pending")
+            return _with_store_condition(previous, problem, previous)
+        status = build_status(spec, loop.state, generation, previous)
+        return _with_store_condition(status, None, previous)
+
+    def _drop_loop(self) -> None:
+        """Forget the cached loop and store; the next step rebuilds both from what is stored."""
+        if self.worker is not None:
+            self.worker.close()
+        self.loop, self.worker, self.store = None, None, None
 
     def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
-        """The store the spec names: the experiment's ConfigMap, or a database whose URL is in a Secret."""
+        """The store the spec names: the experiment's ConfigMap, or a database whose URL is in an opted-in Secret."""
         if spec.storage.type != "sql":
-            return ConfigMapStore(self.core, self.namespace, self.name, owner_reference=self.owner)
+            return ConfigMapStore(
+                self.core,
+                self.namespace,
+                self.name,
+                owner_reference=self.owner,
+                request_timeout=self.request_timeout,
+            )
+        from kubernetes.client.exceptions import ApiException
+
         reference = spec.storage.secret_ref
         assert reference is not None  # spec_checks requires it for sql
-        secret = self.core.read_namespaced_secret(reference.name, self.namespace)
+        path = "spec.storage.secretRef"
+        try:
+            secret = self.core.read_namespaced_secret(
+                reference.name, self.namespace, _request_timeout=self.request_timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SpecError([Problem(f"{path}.name", f"Secret {reference.name} does not exist")]) from None
+            raise
+        labels = secret.metadata.labels or {}
+        if labels.get(SQL_STORE_LABEL) != SQL_STORE_LABEL_VALUE:
+            raise SpecError(
+                [
+                    Problem(
+                        f"{path}.name",
+                        f"Secret {reference.name} is not labelled {SQL_STORE_LABEL}={SQL_STORE_LABEL_VALUE}: the "
+                        "operator reads only Secrets their owner opted in as state stores",
+                    )
+                ]
+            )
         encoded = (secret.data or {}).get(reference.key)
         if encoded is None:
-            raise SpecError(
-                [Problem("spec.storage.secretRef.key", f'Secret {reference.name} has no key "{reference.key}"')]
-            )
-        return SQLStore(base64.b64decode(encoded).decode(), self.namespace, self.name)
+            raise SpecError([Problem(f"{path}.key", f'Secret {reference.name} has no key "{reference.key}"')])
+        try:
+            url = base64.b64decode(encoded).decode()
+            return SQLStore(url, self.namespace, self.name, uid=self.uid)
+        except (UnsafeDatabaseURL, UnicodeDecodeError, ValueError) as exc:
+            raise SpecError([Problem(f"{path}.key", f"Secret {reference.name}: {exc}")]) from None
 
     def _loop(self, spec: NASExperimentSpec) -> ExperimentLoop:
         if self.loop is not None:
@@ -131,7 +255,7 @@ class ExperimentController:
         self.store = self._open_store(spec)
         stored = self.store.load()
         if stored is None:
-            state = LoopState(experiment=self.name, fingerprint=fingerprint)
+            state = LoopState(experiment=self.name, fingerprint=fingerprint, uid=self.uid)
             engine = Engine.create(spec, name=self.name)
         else:
             if stored.state.fingerprint != fingerprint:
@@ -140,9 +264,19 @@ class ExperimentController:
                     [Problem("spec", "search space, objectives or algorithm changed after the experiment started")]
                 )
             state = stored.state
+            state.uid = state.uid or self.uid  # a state from before uids were recorded is adopted
             engine = Engine.restore(spec, stored.engine)
             reconcile_engine(engine, state)
-        backend = KubernetesBackend(self.api_client, self.namespace, spec, self.owner, self.metrics_root)
+        backend = KubernetesBackend(
+            self.api_client,
+            self.namespace,
+            spec,
+            self.owner,
+            self.metrics_root,
+            experiment_uid=self.uid,
+            policy=self.policy,
+            request_timeout=self.request_timeout,
+        )
         self.worker = ThreadedEngineWorker(engine, on_generation=self._generated)
         self.loop = ExperimentLoop(
             spec,
@@ -191,7 +325,7 @@ class ExperimentController:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(self.namespace, body)
+            self.core.create_namespaced_event(self.namespace, body, _request_timeout=self.request_timeout)
         except Exception as exc:  # an Event is informative; losing one must not stop the experiment
             log.warning("could not post event %s: %s", event.reason, exc)
 
@@ -200,13 +334,26 @@ class ExperimentController:
             self.worker.close()
 
     def delete_state(self, spec_document: dict[str, Any]) -> None:
-        """Remove the stored state (the finalizer's job); a spec too broken to name its store has none."""
+        """Remove the stored state (the finalizer's job); a spec too broken to name its store has none.
+
+        Raises when the store cannot be reached (the handler retries a bounded number of times, then gives up with a
+        Warning Event: deletion never hangs on a Secret deleted first or a database that is gone).
+        """
         self.close()
         if self.telemetry is not None:
             self.telemetry.forget(self.namespace, self.name)
         if self.store is None:
             try:
-                self.store = self._open_store(load_spec(spec_document))
+                spec = load_spec(spec_document, cluster=False)
             except SpecError:
                 return
+            if spec.storage.type != "sql":
+                return  # the ConfigMap is owned by the experiment: the garbage collector removes it with the Jobs
+            self.store = self._open_store(spec)
+        if isinstance(self.store, ConfigMapStore):
+            return
         self.store.delete()
+
+    def warn(self, reason: str, message: str) -> None:
+        """A Warning Event on the experiment (used by the handlers, e.g. when the finalizer gives up)."""
+        self._event(Event(reason, message, warning=True))
