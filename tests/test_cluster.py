@@ -99,23 +99,24 @@ def test_the_nasexperiment_crd_is_accepted_and_validates(cluster: ControlPlane, 
     assert refused.returncode != 0 and "lower must be less than upper" in refused.stderr
 
 
-def _pv_and_claim(cluster: ControlPlane, namespace: str, host_dir: Path) -> None:
+def _pv_and_claim(cluster: ControlPlane, namespace: str, host_dir: Path, claim_name: str = "shared") -> None:
+    """A ReadWriteMany claim bound to a hostPath volume: several claims on one `host_dir` share one "NFS export"."""
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": f"pv-{namespace}"},
+        "metadata": {"name": f"pv-{namespace}-{claim_name}"},
         "spec": {
             "capacity": {"storage": "1Gi"},
             "accessModes": ["ReadWriteMany"],
             "storageClassName": "",
             "hostPath": {"path": str(host_dir)},
-            "claimRef": {"namespace": namespace, "name": "shared"},
+            "claimRef": {"namespace": namespace, "name": claim_name},
         },
     }
     claim = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "shared", "namespace": namespace},
+        "metadata": {"name": claim_name, "namespace": namespace},
         "spec": {
             "accessModes": ["ReadWriteMany"],
             "storageClassName": "",
@@ -123,7 +124,9 @@ def _pv_and_claim(cluster: ControlPlane, namespace: str, host_dir: Path) -> None
         },
     }
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, claim]))
-    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Bound", "pvc/shared", "--timeout=60s")
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=jsonpath={.status.phase}=Bound", f"pvc/{claim_name}", "--timeout=60s"
+    )
 
 
 def test_a_job_writes_into_its_claim_and_completes(cluster: ControlPlane, namespace: str, tmp_path: Path) -> None:
@@ -195,3 +198,55 @@ def test_rbac_refuses_a_service_account_without_rights(cluster: ControlPlane, na
         time.sleep(0.2)
     still_refused = cluster.kubectl("get", "secrets", "-n", namespace, kubeconfig=kubeconfig, check=False)
     assert "Forbidden" in still_refused.stderr
+
+
+def test_the_node_agent_expands_sub_path_expr_and_keeps_writes_outside_mounts_in_the_pod(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    _pv_and_claim(cluster, namespace, tmp_path)
+    private = Path(f"/nas-private-{namespace}")  # a top-level directory this machine does not have
+    script = (
+        "import os, pathlib; pathlib.Path('/out/f').write_text(os.environ['POD']); "
+        f"p = pathlib.Path('{private}/g'); p.parent.mkdir(parents=True); p.write_text('mine')"
+    )
+    job = yaml.safe_load(
+        _job(
+            "subpath",
+            script,
+            volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}],
+            mounts=[{"name": "data", "mountPath": "/out", "subPathExpr": "runs/$(POD)"}],
+        )
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/subpath", "--timeout=90s")
+    pod = cluster.kubectl("get", "pods", "-n", namespace, "-l", "job-name=subpath", "-o", "name").stdout.strip()
+    pod_name = pod.removeprefix("pod/")
+    assert (tmp_path / "runs" / pod_name / "f").read_text() == pod_name  # the pod's own directory of the claim
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert not private.exists()  # written into the pod's own (fake) root filesystem, not this machine's
+
+
+def test_an_image_from_the_unreachable_registry_waits_in_image_pull_back_off(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    job = yaml.safe_load(_job("unpullable", "print('never runs')"))
+    job["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.invalid/nothing:1"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+    reasons: list[str] = []
+    deadline = time.monotonic() + 60
+    while "ImagePullBackOff" not in reasons:
+        assert time.monotonic() < deadline, (reasons, cluster.logs("node-agent"))
+        result = cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", "job-name=unpullable",
+            "-o", "jsonpath={.items[0].status.containerStatuses[0].state.waiting.reason}", check=False,
+        )  # fmt: skip
+        if result.stdout.strip() and (not reasons or reasons[-1] != result.stdout.strip()):
+            reasons.append(result.stdout.strip())
+        time.sleep(0.2)
+    assert set(reasons) <= {"ErrImagePull", "ImagePullBackOff"}, reasons  # ErrImagePull lasts ~1 s: may be missed
+    phase = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", "job-name=unpullable", "-o", "jsonpath={.items[0].status.phase}"
+    )
+    assert phase.stdout == "Pending"
