@@ -297,5 +297,56 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
         click.echo(f"plot written to {plot}")
 
 
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--trial", "index", type=int, required=True, help="Trial index (0 is the first trial).")
+@click.option("-n", "--namespace", default=None, help="Namespace [default: the file's, else default].")
+@click.option(
+    "--policy",
+    "values_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The chart's values file; its trialPolicy applies [default: NAS_TRIAL_* variables, else the chart's].",
+)
+@click.option("--uid", default=None, help="The experiment's uid [default: a placeholder; the API server sets it].")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE", help="A parameter's value (repeatable).")
+def render(
+    file: Path,
+    index: int,
+    namespace: str | None,
+    values_file: Path | None,
+    uid: str | None,
+    assignments: tuple[str, ...],
+) -> None:
+    """Print the Job the operator would create for trial N, with the trial policy applied, without a cluster.
+
+    The parameters are the engine's candidate N for the spec's algorithm.seed: for the initial
+    trials exactly what the operator launches (later ones depend on results; give them with
+    --set). A spec that breaks the policy is refused with the field.
+    """
+    from nas_operator.cluster.render import PLACEHOLDER_UID, RenderError, render_trial_job
+    from nas_operator.resource.policy import TrialPolicy
+
+    documents = [d for d in _read_documents(file) if d.get("kind") == "NASExperiment"]
+    if len(documents) != 1:
+        raise click.ClickException(f"{file}: expected one NASExperiment document, found {len(documents)}")
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise click.ClickException(f'--set {assignment}: expected NAME=VALUE, e.g. "epochs=5"')
+        overrides[name.strip()] = yaml.safe_load(value)
+    try:
+        policy = TrialPolicy.from_values(_read_documents(values_file)[0]) if values_file else TrialPolicy.from_env()
+        target = namespace or (documents[0].get("metadata") or {}).get("namespace") or "default"
+        job = render_trial_job(
+            documents[0], index, target, policy=policy, uid=uid or PLACEHOLDER_UID, overrides=overrides
+        )
+    except SpecError as exc:
+        raise click.ClickException(f"{file} is refused:\n" + _indent(str(exc))) from None
+    except (RenderError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(yaml.safe_dump(job, sort_keys=False), nl=False)
+
+
 if __name__ == "__main__":
     main()
