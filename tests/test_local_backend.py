@@ -9,8 +9,9 @@ from pathlib import Path
 
 from nas_operator.backends.local import LocalBackend, group_members
 from nas_operator.core.backend import render_launch
+from nas_operator.core.metrics import event_files, read_tensorboard_metrics
 from nas_operator.core.state import TrialRecord
-from nas_operator.resource.spec import TrialTemplate
+from nas_operator.resource.spec import MetricDefinition, TrialTemplate
 
 
 def _trial(index: int = 0, attempt: int = 0) -> TrialRecord:
@@ -116,3 +117,110 @@ def test_bare_python_runs_in_this_environment(tmp_path: Path) -> None:
     trial = _trial()
     _launch(backend, trial, f"import sys; sys.exit(0 if sys.executable == {sys.executable!r} else 9)")
     assert _wait(backend, trial).startswith("succeeded")
+
+
+def _tensorboard_trial(counter: Path, first: str, then: str) -> str:
+    """A trial script whose first run does `first` and every later run `then`; both may use `log_dir` and `run`."""
+    return (
+        "import os, pathlib, subprocess, sys, time\n"
+        "from tensorboard.compat.proto import event_pb2\n"
+        "from nas_operator.core.event_records import frame\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "run = len(counter.read_text()) if counter.exists() else 0\n"
+        "counter.write_text('x' * (run + 1))\n"
+        "log_dir = pathlib.Path(sys.argv[3])\n"
+        f"exec({first!r} if run == 0 else {then!r})\n"
+    )
+
+
+# One scalar event file, framed as a writer frames it (torch's SummaryWriter would cost seconds of import per run).
+_WRITE_ACC = (
+    "event = event_pb2.Event(step=run, wall_time=time.time())\n"
+    "event.summary.value.add(tag='val_acc', simple_value={value})\n"
+    "(log_dir / f'events.out.tfevents.{{time.time()}}.{{os.getpid()}}').write_bytes(frame(event.SerializeToString()))\n"
+)
+
+
+def test_a_retry_never_reads_the_failed_runs_events(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "results")
+    trial = _trial()
+    script = _tensorboard_trial(
+        tmp_path / "count",
+        first=_WRITE_ACC.format(value=0.99) + "sys.exit(1)",
+        then=_WRITE_ACC.format(value=0.5),
+    )
+    _launch(backend, trial, script, retries=1)
+    deadline = time.monotonic() + 60
+    while (observation := backend.poll(trial)).status == "running" and time.monotonic() < deadline:
+        trial.handle = observation.handle or trial.handle
+        time.sleep(0.05)
+    assert observation.status == "succeeded"
+    assert observation.log_dir == backend.log_dir("exp", trial.name)
+    assert (tmp_path / "count").read_text() == "xx"
+    # reduce=max over the log dir: the failed first run's 0.99 must be gone.
+    assert read_tensorboard_metrics(observation.log_dir, [MetricDefinition(name="val_acc", reduce="max")]) == {
+        "val_acc": 0.5
+    }
+    assert len(event_files(observation.log_dir)) == 1
+
+
+def test_a_retry_kills_what_the_failed_run_left_writing_into_the_log_dir(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "results")
+    trial = _trial()
+    late = "import sys, time; time.sleep(1.0); open(sys.argv[1], 'w')"
+    straggler = f"subprocess.Popen([sys.executable, '-c', {late!r}, str(log_dir / 'late.txt')]); sys.exit(1)"
+    script = _tensorboard_trial(tmp_path / "count", first=straggler, then="time.sleep(2.5)")
+    _launch(backend, trial, script, retries=1)
+    assert _wait(backend, trial).startswith("succeeded")
+    assert not (backend.log_dir("exp", trial.name) / "late.txt").exists()
+
+
+def test_a_log_dir_replaced_by_a_link_is_removed_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "other-team"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    backend = LocalBackend(tmp_path / "results")
+    trial = _trial()
+    hijack = f"import shutil; shutil.rmtree(log_dir); log_dir.symlink_to({str(victim)!r}); sys.exit(1)"
+    script = _tensorboard_trial(tmp_path / "count", first=hijack, then="assert not any(log_dir.iterdir())")
+    _launch(backend, trial, script, retries=1)
+    assert _wait(backend, trial).startswith("succeeded")
+    log_dir = backend.log_dir("exp", trial.name)
+    assert log_dir.is_dir() and not log_dir.is_symlink()
+    assert (victim / "precious").read_text() == "keep me"
+
+
+def test_a_new_attempt_starts_with_an_empty_log_dir(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "results")
+    script = _tensorboard_trial(
+        tmp_path / "count", first=_WRITE_ACC.format(value=0.99), then=_WRITE_ACC.format(value=0.5)
+    )
+    first = _trial(attempt=0)
+    _launch(backend, first, script)
+    assert _wait(backend, first).startswith("succeeded")
+    second = _trial(attempt=1)  # the loop relaunches a trial as a new attempt after an interruption
+    _launch(backend, second, script)
+    assert _wait(backend, second).startswith("succeeded")
+    log_dir = backend.log_dir("exp", second.name)
+    assert read_tensorboard_metrics(log_dir, [MetricDefinition(name="val_acc", reduce="max")]) == {"val_acc": 0.5}
+
+
+def test_a_retry_started_before_a_crash_is_adopted_not_run_again(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "results")
+    trial = _trial()
+    script = _tensorboard_trial(tmp_path / "count", first="sys.exit(3)", then="time.sleep(1.5)")
+    _launch(backend, trial, script, retries=2)
+    saved = dict(trial.handle)  # what the state store holds: the first run's handle
+    deadline = time.monotonic() + 30
+    while (observation := backend.poll(trial)).handle is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert observation.handle is not None and observation.handle["retry"] == 1
+    # nasctl died before saving the retry's handle: a new process polls with the old one.
+    restarted = LocalBackend(tmp_path / "results")
+    trial.handle = saved
+    adopted = restarted.poll(trial)
+    assert adopted.status == "running" and adopted.handle is not None
+    assert (adopted.handle["pid"], adopted.handle["retry"]) == (observation.handle["pid"], 1)
+    trial.handle = adopted.handle
+    assert _wait(restarted, trial).startswith("succeeded")
+    assert (tmp_path / "count").read_text() == "xx"

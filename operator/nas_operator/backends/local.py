@@ -11,7 +11,11 @@ when it ends, so nothing is run twice.
 
 Layout under the results directory:
     tensorboard/<trial>/          TensorBoard log dir ({log_dir}); `tensorboard --logdir tensorboard`
-    trials/<trial>/attempt-<n>/   stdout.log, stderr.log, exit_code
+    trials/<trial>/attempt-<n>/   stdout.log, stderr.log, exit_code, pid (retry-<k>/ for each retry)
+
+The log dir holds one run only: it is emptied before every run (a new attempt, or a retry after a non-zero exit),
+after whatever the previous run left running in its process group is killed, since `reduce: max` over a directory
+that still held the failed run's events would record that run's best.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -96,7 +101,7 @@ class LocalBackend:
         if (attempt_dir / "pid").exists():
             # Launched before a crash of nasctl: adopt, never start a second copy.
             return self._handle_from_dir(attempt_dir, launch)
-        _fresh_dir(Path(launch.log_dir))
+        _fresh_dir(Path(launch.log_dir))  # raises OSError if it cannot be emptied: the trial must not start then
         attempt_dir.mkdir(parents=True, exist_ok=True)
         return self._start(launch.command, launch.env, launch.log_dir, launch.template.retries, attempt_dir, retry=0)
 
@@ -120,10 +125,12 @@ class LocalBackend:
                 start_new_session=True,
             )
         self._children[process.pid] = process
+        start_time = _process_start_time(process.pid)
+        (run_dir / "pid").write_text(f"{process.pid} {start_time or ''}".strip())
         (attempt_dir / "pid").write_text(str(process.pid))
         return {
             "pid": process.pid,
-            "start_time": _process_start_time(process.pid),
+            "start_time": start_time,
             "run_dir": str(run_dir),
             "attempt_dir": str(attempt_dir),
             "retry": retry,
@@ -137,9 +144,12 @@ class LocalBackend:
         pid = int((attempt_dir / "pid").read_text())
         retries = sorted(attempt_dir.glob("retry-*"), key=lambda p: int(p.name.split("-")[1]))
         run_dir = retries[-1] if retries else attempt_dir
+        recorded = _recorded_process(run_dir)
+        if recorded is not None:
+            pid = recorded[0]
         return {
             "pid": pid,
-            "start_time": None,
+            "start_time": recorded[1] if recorded is not None else None,
             "run_dir": str(run_dir),
             "attempt_dir": str(attempt_dir),
             "retry": int(run_dir.name.split("-")[1]) if retries else 0,
@@ -178,20 +188,31 @@ class LocalBackend:
         self._children.pop(int(handle["pid"]), None)
         code = int(exit_file.read_text().strip() or "-1")
         if code == 0:
-            return Observation("succeeded", exit_code=0)
+            return Observation("succeeded", exit_code=0, log_dir=Path(handle["log_dir"]))
         if int(handle.get("retry", 0)) < int(handle.get("retries", 0)):
-            retry = int(handle["retry"]) + 1
-            _fresh_dir(Path(handle["log_dir"]))
-            new_handle = self._start(
-                handle["command"],
-                handle["env"],
-                handle["log_dir"],
-                int(handle["retries"]),
-                Path(handle["attempt_dir"]),
-                retry,
-            )
-            return Observation("running", exit_code=code, handle=new_handle, message=f"retry {retry} after exit {code}")
+            return self._retry(handle, code)
         return Observation("failed", exit_code=code, message=f"exit code {code}" + self._log_tail(run_dir))
+
+    def _retry(self, handle: dict[str, Any], code: int) -> Observation:
+        """Run the trial again in an empty log dir, or adopt the retry a crashed nasctl had already started."""
+        retry = int(handle["retry"]) + 1
+        attempt_dir = Path(handle["attempt_dir"])
+        message = f"retry {retry} after exit {code}"
+        started = _recorded_process(attempt_dir / f"retry-{retry}")
+        if started is not None:  # started before a crash, its handle never saved: adopt, never run it twice
+            pid, start_time = started
+            adopted = {**handle, "pid": pid, "start_time": start_time, "retry": retry}
+            adopted["run_dir"] = str(attempt_dir / f"retry-{retry}")
+            return Observation("running", exit_code=code, handle=adopted, message=message)
+        _kill_leftovers(int(handle["pid"]))
+        try:
+            _fresh_dir(Path(handle["log_dir"]))
+        except OSError as exc:
+            return Observation("failed", exit_code=code, message=f"exit code {code}; not retried: {exc}")
+        new_handle = self._start(
+            handle["command"], handle["env"], handle["log_dir"], int(handle["retries"]), attempt_dir, retry
+        )
+        return Observation("running", exit_code=code, handle=new_handle, message=message)
 
     def _log_tail(self, run_dir: Path) -> str:
         text = tail(run_dir / "stderr.log") or tail(run_dir / "stdout.log")
@@ -220,8 +241,46 @@ class LocalBackend:
             child.wait(timeout=5)
 
 
+def _recorded_process(run_dir: Path) -> tuple[int, str | None] | None:
+    """The pid (and kernel start time) a run recorded when it was started, or None if it never was."""
+    try:
+        fields = (run_dir / "pid").read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """SIGKILL what a finished run left behind in its process group (a background writer, a worker), and wait for
+    it to be gone, so nothing of that run writes into the log dir the next run starts with.
+
+    Only called right after the group's leader was seen to exit: a group with live members keeps its id, so this
+    cannot hit another process group that reused the number.
+    """
+    if not group_members(pgid):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _fresh_dir(path: Path) -> None:
-    """An empty log dir: an earlier attempt's curves must not mix into this one's."""
-    if path.exists():
-        shutil.rmtree(path)
+    """An empty log dir: an earlier run's curves must not mix into this one's.
+
+    The previous run could leave anything at that path: a link (to another directory, whose contents must survive:
+    it is removed, never followed), a file, a tree. shutil.rmtree itself does not follow links inside the tree.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     path.mkdir(parents=True, exist_ok=True)
