@@ -271,3 +271,55 @@ def test_a_hung_experiment_does_not_stall_the_others_and_its_deletion_does_not_h
         "get", "events", "-n", namespace, "--field-selector=involvedObject.name=hung", "-o", "json"
     ).stdout
     assert "StateNotRemoved" in events
+
+
+# ------------------------------------------------------------------------------------ hostile corpus
+
+
+def _named(expect: str, text: str) -> bool:
+    """Whether a refusal names the expected field: as a path, or (CEL messages) relative to spec."""
+    return expect in text or (expect.startswith("spec.") and expect.removeprefix("spec.") in text)
+
+
+def test_the_hostile_corpus_is_refused_by_the_api_server_or_ends_invalid_while_a_good_experiment_runs(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    from tests.hostile import corpus
+
+    _apply(cluster, namespace, toy_experiment("good-neighbour", 4, 2, sleep=2))
+    accepted: dict[str, str] = {}
+    refused_by_server: list[str] = []
+    unnamed: list[str] = []
+    for case in corpus():
+        result = cluster.kubectl("create", "-n", namespace, "-f", "-", input=case.text, check=False)
+        if result.returncode != 0:
+            refused_by_server.append(case.name)
+            # kubectl itself refuses what it cannot even send (an infinite number, a list for a document, a foreign
+            # namespace or API version); what the server refuses, it names.
+            client_side = "Error from server" not in result.stderr and " is invalid" not in result.stderr
+            if not client_side and not _named(case.expect, result.stderr):
+                unnamed.append(f"{case.name} (expect {case.expect}): {result.stderr.strip()}")
+            continue
+        created = json.loads(result.stdout or "{}") if result.stdout.startswith("{") else None
+        name = created["metadata"]["name"] if created else result.stdout.split("/")[1].split()[0]
+        accepted[name] = case.expect
+    print(f"{len(refused_by_server)} refused by the API server, {len(accepted)} left to the operator")
+    assert not unnamed, "\n".join(unnamed)
+    assert accepted and refused_by_server  # both layers are exercised
+
+    deadline = time.monotonic() + 240
+    pending = dict(accepted)
+    while pending:
+        for name in list(pending):
+            status = _get(cluster, namespace, name).get("status", {})
+            if status.get("phase") == "Failed":
+                assert status["reason"] == "InvalidSpec", (name, status)
+                assert _named(pending[name], status["message"]), (name, pending[name], status["message"])
+                del pending[name]
+        assert time.monotonic() < deadline, (pending, operator.read_text()[-3000:])
+        time.sleep(1)
+    jobs = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.split()
+    assert all(job.startswith("job.batch/good-neighbour-") for job in jobs), jobs
+    status = _wait_phase(cluster, namespace, "good-neighbour", "Succeeded", operator, timeout=240)
+    assert status["trials"]["succeeded"] == 4
+    assert "Traceback" not in operator.read_text()
