@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nas_operator.resource.policy import TrialPolicy
 from tests.k8s.cluster import ControlPlane, ensure_binaries, servicemonitor_crd
 
 from .conftest import ROOT
@@ -97,6 +98,11 @@ def test_helm_lint_passes_with_default_and_custom_values(tmp_path: Path) -> None
         ("watch.namespaces[0]=Not_A_Namespace", "namespaces"),
         ("metrics.port=0", "port"),
         ("unknownKey=1", "unknownKey"),
+        ("trialPolicy.mountTypes[0]=hostPath", "mountTypes"),
+        ("trialPolicy.serviceAccounts[0]=Not_An_Account", "serviceAccounts"),
+        ("trialPolicy.pendingTimeout=soon", "pendingTimeout"),
+        ("trialPolicy.runAsNonRoot=maybe", "runAsNonRoot"),
+        ("operator.apiTimeoutSeconds=0", "apiTimeoutSeconds"),
     ],
 )
 def test_the_values_schema_refuses_bad_values_and_names_them(tmp_path: Path, flag: str, field: str) -> None:
@@ -131,6 +137,48 @@ def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_pa
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["nas-operator.json"])["uid"] == "nas-operator"
     assert not by_kind(documents, "ServiceMonitor")
+
+
+def _env(documents: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = by_kind(documents, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item["value"] for item in container["env"] if "value" in item}
+
+
+def test_the_trial_policy_values_reach_the_operator_as_its_environment(tmp_path: Path) -> None:
+    """The chart's defaults are the operator's defaults, and custom values arrive as the policy they say."""
+    defaults = _env(render(tmp_path))
+    assert TrialPolicy.from_env(defaults) == TrialPolicy.from_values(
+        yaml.safe_load((CHART / "values.yaml").read_text())
+    )
+    assert TrialPolicy.from_env(defaults) == TrialPolicy(pending_timeout_seconds=300)
+    assert (defaults["NAS_API_TIMEOUT"], defaults["NAS_MAX_WORKERS"]) == ("30", "8")
+    policy = {
+        "serviceAccounts": ["default", "trainer"],
+        "mountTypes": [],
+        "runAsNonRoot": False,
+        "pendingTimeout": "90s",
+    }
+    values = custom_values(tmp_path, ["team-a"], trialPolicy=policy)
+    custom = _env(render(tmp_path, "-f", str(values)))
+    expected = TrialPolicy(("default", "trainer"), (), run_as_non_root=False, pending_timeout_seconds=90)
+    assert TrialPolicy.from_env(custom) == expected == TrialPolicy.from_values(yaml.safe_load(values.read_text()))
+    # ... and the operator module reads them: the step executor's size, the API timeout and the policy.
+    probe = (
+        "from nas_operator.cluster import handlers as h; "
+        "print(h.STEPS._max_workers, h.API_TIMEOUT, h.POLICY == TrialPolicy(('default', 'trainer'), (), "
+        "run_as_non_root=False, pending_timeout_seconds=90))"
+    )
+    probe = "from nas_operator.resource.policy import TrialPolicy; " + probe
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", probe],
+        env={**os.environ, **custom, "NAS_API_TIMEOUT": "12"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [custom["NAS_MAX_WORKERS"], "12.0", "True"]
 
 
 def test_custom_render_limits_rbac_to_the_listed_namespaces(tmp_path: Path) -> None:
@@ -271,7 +319,17 @@ def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
                 "auth", "can-i", verb, resource, "-n", where, kubeconfig=service_account, check=False
             )
             assert answer.stdout.strip() == "no", (verb, resource, where, answer.stdout)
-        for verb, resource in (("create", "jobs"), ("patch", "nasexperiments.nas.operator.dev/status")):
+        assert (
+            cluster.kubectl(
+                "auth", "can-i", "get", "events", "-n", namespace, kubeconfig=service_account, check=False
+            ).stdout.strip()
+            == "no"
+        )
+        for verb, resource in (
+            ("create", "jobs"),
+            ("patch", "nasexperiments.nas.operator.dev/status"),
+            ("list", "events"),  # a Job's FailedCreate Events say why a stuck trial has no pod
+        ):
             answer = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, kubeconfig=service_account)
             assert answer.stdout.strip() == "yes", (verb, resource)
     finally:

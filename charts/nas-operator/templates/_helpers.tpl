@@ -54,4 +54,8 @@ app.kubernetes.io/part-of: nas-operator
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# A trial whose Job made no pod fails with the Job's FailedCreate Event (admission, a quota): read by listing.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
 {{- end }}
