@@ -504,3 +504,59 @@ def test_a_failing_trial_reports_exit_code_and_output_and_a_deleted_job_is_missi
         assert time.monotonic() < deadline
         time.sleep(0.3)
     assert "no longer exists" in backend.poll(trial).message
+
+
+# ------------------------------------------------------------------------------------ nasctl render
+
+
+def test_render_prints_the_job_of_an_initial_trial_as_the_operators_engine_proposes_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nas_operator.cli import main as nasctl
+    from nas_operator.search.engine import Engine
+
+    example = EXAMPLES / "digits-mlp.yaml"
+    result = CliRunner().invoke(nasctl, ["render", str(example), "--trial", "2", "-n", "team-a", "--uid", UID])
+    assert result.exit_code == 0, result.output
+    job = yaml.safe_load(result.output)
+    parameters = json.loads(job["metadata"]["annotations"]["nas.operator.dev/parameters"])
+    # The operator generates in batches as slots free up: the seeded sequence is the same however it is cut.
+    spec = load_experiment(load_yaml(example)).spec
+    engine = Engine.create(spec, name="digits-mlp")
+    batched = [c.parameters for c in engine.generate(1) + engine.generate(2)]
+    assert parameters == json.loads(json.dumps(batched[2]))
+    assert job["metadata"]["name"] == "digits-mlp-t2" and job["metadata"]["ownerReferences"][0]["uid"] == UID
+    mount = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][-1]
+    assert mount["subPathExpr"] == "team-a/digits-mlp-5f0c1d2e/digits-mlp-t2/$(NAS_POD_NAME)"
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"trialPolicy": {"runAsNonRoot": False}}))
+    every = [f"--set={k}={v}" for k, v in {**parameters, "epochs": 5}.items()]
+    manual = CliRunner().invoke(nasctl, ["render", str(example), "--trial", "9", "--policy", str(values), *every])
+    assert manual.exit_code == 0, manual.output
+    job = yaml.safe_load(manual.output)
+    assert json.loads(job["metadata"]["annotations"]["nas.operator.dev/parameters"])["epochs"] == 5
+    assert job["metadata"]["namespace"] == "default"
+    assert "runAsNonRoot" not in job["spec"]["template"]["spec"]["securityContext"]
+
+
+def test_render_refuses_a_spec_the_policy_refuses_and_an_unknown_parameter(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nas_operator.cli import main as nasctl
+
+    document = load_yaml(EXAMPLES / "digits-mlp.yaml")
+    document["spec"]["trial"]["mounts"] = ["type=bind,src=/,dst=/host"]
+    path = tmp_path / "hostile.yaml"
+    path.write_text(yaml.safe_dump(document))
+    refused = CliRunner().invoke(nasctl, ["render", str(path), "--trial", "0"])
+    assert (
+        refused.exit_code == 1
+        and "spec.trial.mounts[0]" in refused.output
+        and "trialPolicy.mountTypes" in refused.output
+    )
+    assert "Traceback" not in refused.output
+    unknown = CliRunner().invoke(
+        nasctl, ["render", str(EXAMPLES / "digits-mlp.yaml"), "--trial", "0", "--set", "depth=3"]
+    )
+    assert unknown.exit_code == 1 and "--set depth: no such parameter" in unknown.output
