@@ -227,7 +227,7 @@ def apply(file: Path, namespace: str | None, context: str | None) -> None:
 
     from nas_operator.resource.spec import API_GROUP, API_VERSION, PLURAL
 
-    experiment = load_experiment_file(file)
+    experiment = load_experiment_file(file, cluster=True)  # the operator also applies the cluster's trial policy
     target = namespace or experiment.metadata.namespace or _current_namespace(None)
     body = experiment.model_dump(mode="json", by_alias=True, exclude_none=True)
     body["metadata"]["namespace"] = target
@@ -287,7 +287,8 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
     namespace = _current_namespace(namespace)
     api = _kube(context)
     obj = _get_experiment(api, namespace, name)
-    experiment = load_experiment({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    # Read as stored: an experiment created before a newer rule still shows its results.
+    experiment = load_experiment({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")}, cluster=False)
     stored = ConfigMapStore(client.CoreV1Api(api), namespace, name).load()
     if stored is None:
         raise click.ClickException(f"{namespace}/{name} has no saved state yet")
