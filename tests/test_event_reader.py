@@ -262,6 +262,20 @@ def test_a_corrupt_record_ends_its_file_but_not_the_others(tmp_path: Path, caplo
     assert any("bad length checksum" in warning for warning in EventReader(tmp_path).update().warnings)
 
 
+def test_only_kept_records_need_their_data_checksum(tmp_path: Path) -> None:
+    path = _events(tmp_path / EVENTS, [("wanted", 0, 1.0)])
+    other = bytearray(_scalar("other", 1, 5.0))
+    other[-1] ^= 0xFF  # a value nobody asked for, damaged: its framing is intact, so reading goes on
+    _append(path, bytes(other) + _scalar("wanted", 2, 3.0))
+    reader = EventReader(tmp_path, tags=["wanted"])
+    report = reader.update()
+    assert (_last(reader, "wanted"), report.warnings) == (3.0, [])
+    assert reader.tags() == ["other", "wanted"]
+    everything = EventReader(tmp_path)
+    assert any("bad data checksum" in warning for warning in everything.update().warnings)
+    assert _last(everything, "wanted") == 1.0
+
+
 def test_a_replaced_or_truncated_file_is_read_again_from_its_start(tmp_path: Path) -> None:
     path = _events(tmp_path / EVENTS, [("acc", 0, 0.75), ("acc", 1, 0.875)])
     reader = EventReader(tmp_path)

@@ -93,7 +93,7 @@ def _walk(fd: int, parts: tuple[str, ...], depth: int, limits: WalkLimits, budge
                 elif EVENT_FILE_MARKER in entry.name and entry.is_file(follow_symlinks=False):
                     files.append(entry.name)
     except OSError:
-        return  # unreadable directory: nothing to find there
+        pass  # unreadable (or vanishing) directory: what was listed before the error is still used
     for name in sorted(files):
         if len(found.files) >= limits.max_files:
             _note(found, f"more than {limits.max_files} event files (MAX_EVENT_FILES): only the first are read")

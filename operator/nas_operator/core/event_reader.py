@@ -85,6 +85,7 @@ class _FileState:
     curves: dict[str, Curve] = field(default_factory=dict)
     failed_at: int | None = None  # offset of a record that failed its checksum
     failed_size: int = 0  # the file's size then: it is tried again only once it has grown
+    warned_at: int | None = None  # where a checksum failure was last reported
 
 
 class EventReader:
@@ -153,43 +154,71 @@ class EventReader:
         if opened is None:
             return None  # a link, a FIFO or gone since the listing: not read, not an error
         fd, info = opened
+        name = "/".join(parts)
         try:
-            state = self._files[parts]
-            if not _same_file(state, fd, info):
-                state = self._files[parts] = _FileState(identity=(info.st_dev, info.st_ino))
-            if len(state.head) < HEAD_BYTES:
-                state.head = os.pread(fd, HEAD_BYTES, 0)
-            if state.failed_at is not None:
-                if info.st_size <= state.failed_size:
-                    return None
-                state.failed_at = None  # grown since: the tail may have been in flight (a network filesystem)
-            scan = RecordScan(offset=state.offset)
-            try:
-                for data in scan_records(fd, scan, info.st_size, budget, self.limits.max_record_bytes):
-                    report.records += 1
-                    self._fold(state, parse(data))
-            except OSError as exc:
-                report.warnings.append(f"{'/'.join(parts)}: {exc.strerror}")
-                log.warning("reading %s stopped: %s", self.log_dir.joinpath(*parts), exc)
-            state.offset = scan.offset
-            if scan.stop == "corrupt":
-                state.failed_at, state.failed_size = scan.offset, info.st_size
-                message = f"{'/'.join(parts)}: {scan.detail}; the rest of this file is not read"
-                report.warnings.append(message)
-                log.warning("event file under %s: %s", self.log_dir, message)
-            if scan.skipped:
-                report.warnings.append(
-                    f"{'/'.join(parts)}: {scan.skipped} record(s) over {self.limits.max_record_bytes} bytes skipped"
-                )
-            return scan
+            return self._scan_file(fd, info, self._files[parts], parts, budget, report, parse)
+        except OSError as exc:  # an I/O error on the trial's volume: this file waits for the next update
+            report.warnings.append(f"{name}: {exc.strerror}")
+            log.warning("reading %s stopped: %s", self.log_dir.joinpath(*parts), exc)
+            return None
         finally:
             os.close(fd)
+
+    def _scan_file(
+        self,
+        fd: int,
+        info: os.stat_result,
+        state: _FileState,
+        parts: tuple[str, ...],
+        budget: int,
+        report: UpdateReport,
+        parse: _Parser,
+    ) -> RecordScan | None:
+        if not _same_file(state, fd, info):
+            state = self._files[parts] = _FileState(identity=(info.st_dev, info.st_ino))
+        if len(state.head) < HEAD_BYTES:
+            state.head = os.pread(fd, HEAD_BYTES, 0)
+        if state.failed_at is not None:
+            if info.st_size <= state.failed_size:
+                return None
+            state.failed_at = None  # grown since: the tail may have been in flight (a network filesystem)
+        scan = RecordScan(offset=state.offset)
+        try:
+            for record in scan_records(fd, scan, info.st_size, budget, self.limits.max_record_bytes):
+                report.records += 1
+                scalars = parse(record.data)
+                for tag, _ in scalars:
+                    self._remember(tag)
+                if not scalars or not self._keeps(scalars):
+                    continue
+                if not record.intact():
+                    scan.reject(record)
+                    break
+                self._fold(state, scalars)
+        finally:
+            state.offset = scan.offset  # what was folded in stays consumed, whatever stopped the scan
+        name = "/".join(parts)
+        if scan.stop == "corrupt":
+            state.failed_at, state.failed_size = scan.offset, info.st_size
+            if state.warned_at != scan.offset:  # once per place, not at every update of a growing file
+                state.warned_at = scan.offset
+                message = f"{name}: {scan.detail}; the rest of this file is not read"
+                report.warnings.append(message)
+                log.warning("event file under %s: %s", self.log_dir, message)
+        if scan.skipped:
+            report.warnings.append(
+                f"{name}: {scan.skipped} record(s) over {self.limits.max_record_bytes} bytes skipped"
+            )
+        return scan
+
+    def _keeps(self, scalars: list[tuple[str, ScalarPoint]]) -> bool:
+        """Whether any of these values would be kept (only those records need their data checksum checked)."""
+        return self.wanted is None or any(tag in self.wanted for tag, _ in scalars)
 
     def _fold(self, state: _FileState, scalars: list[tuple[str, ScalarPoint]]) -> None:
         for tag, point in scalars:
             if len(tag) > MAX_TAG_CHARS:
                 continue
-            self._remember(tag)
             if self.wanted is not None and tag not in self.wanted:
                 continue
             curve = state.curves.get(tag)
@@ -200,7 +229,7 @@ class EventReader:
             curve.add(point)
 
     def _remember(self, tag: str) -> None:
-        if tag in self._tag_names:
+        if tag in self._tag_names or len(tag) > MAX_TAG_CHARS:
             return
         if len(self._tag_names) < self.limits.max_tags:
             self._tag_names.add(tag)
