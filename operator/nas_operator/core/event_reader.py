@@ -98,7 +98,6 @@ class EventReader:
         self.root_problem = ""
         self._files: dict[tuple[str, ...], _FileState] = {}
         self._tag_names: set[str] = set()
-        self._tag_overflow = False
 
     @property
     def files(self) -> list[Path]:
@@ -233,8 +232,6 @@ class EventReader:
             return
         if len(self._tag_names) < self.limits.max_tags:
             self._tag_names.add(tag)
-        else:
-            self._tag_overflow = True
 
     def tags(self) -> list[str]:
         """Scalar tags seen so far (at most `max_tags` names), sorted: for error messages."""
