@@ -19,7 +19,7 @@ from nas_operator.resource.spec_checks import load_experiment
 from nas_operator.search.engine import Engine
 from nas_operator.storage.store import FileStore
 
-from .conftest import EXAMPLES, load_yaml
+from .conftest import EXAMPLES, load_yaml, toy_doc
 
 pytestmark = pytest.mark.e2e
 NASCTL = [sys.executable, "-m", "nas_operator.cli"]
@@ -190,3 +190,113 @@ def test_trainer_writes_termination_message(tmp_path: Path) -> None:
     metrics = json.loads(message.read_text())
     assert set(metrics) >= {"val_acc", "num_params", "latency_p99_ms"}
     assert metrics["num_params"] == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_a_termination_message_spec_runs_locally_and_says_what_it_ignores(tmp_path: Path) -> None:
+    """The issue's first report: metrics.source terminationMessage under `nasctl run` failed every trial."""
+    spec_path = _small_digits(tmp_path, max_trials=2, parallelism=2)
+    doc = yaml.safe_load(spec_path.read_text())
+    doc["spec"]["metrics"]["source"] = "terminationMessage"
+    doc["spec"]["trial"]["args"].append("--latency-repeats=20")
+    spec_path.write_text(yaml.safe_dump(doc))
+    results = tmp_path / "results"
+    done = _run(["run", str(spec_path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stored = FileStore(results).load()
+    assert stored is not None and [t.status for t in stored.state.trials.values()] == ["succeeded"] * 2
+    for trial in stored.state.trials.values():
+        message = json.loads((results / "trials" / trial.name / "attempt-0" / "termination-log").read_text())
+        assert trial.metrics["num_params"] == message["num_params"] == _num_params(trial.parameters)
+        assert trial.metrics["val_acc"] == message["val_acc"]
+    # said once, at the start, with the reason
+    output = " ".join(done.stdout.split())  # rich wraps lines at 80 columns off a terminal
+    for field in ("spec.trial.image", "spec.metrics.claimName", "spec.trial.resources.cpu/memory"):
+        assert output.count(f"Ignored locally: {field}:") == 1, output
+    assert output.index("Ignored locally") < output.index("TrialLaunched")
+
+
+def _gpu_toy(tmp_path: Path, gpus_per_trial: int, parallelism: int, max_trials: int, seconds: float) -> Path:
+    """The toy experiment, each trial recording its CUDA_VISIBLE_DEVICES and when it ran, reporting by message
+    (no braces in the script: those are placeholders)."""
+    doc = toy_doc(maxTrials=max_trials, parallelism=parallelism)
+    script = (
+        "import json, os, sys, time\n"
+        "start = time.time()\n"
+        f"time.sleep({seconds})\n"
+        "record = dict(devices=os.environ['CUDA_VISIBLE_DEVICES'], start=start, end=time.time())\n"
+        "open(os.path.join(sys.argv[3], 'record.json'), 'w').write(json.dumps(record))\n"
+        "x, y = float(sys.argv[1]), float(sys.argv[2])\n"
+        "open(os.environ['NAS_TERMINATION_MESSAGE_PATH'], 'w').write(json.dumps(dict(f1=x, f2=y)))\n"
+    )
+    doc["spec"]["trial"].update(command=["python", "-c", script], args=["{x}", "{y}", "{trial_dir}"])
+    doc["spec"]["trial"]["resources"] = {"gpu": gpus_per_trial}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _records(results: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((results / "trials").glob("*/record.json"))]
+
+
+def test_gpus_are_handed_out_per_trial_capped_and_kept_across_a_crash(tmp_path: Path) -> None:
+    spec_path = _gpu_toy(tmp_path, gpus_per_trial=2, parallelism=3, max_trials=5, seconds=3.0)
+    results = tmp_path / "results"
+    env = {**os.environ, "NAS_STANDIN_GPUS": "5"}
+    command = [*NASCTL, "run", str(spec_path), "--results", str(results), "--no-progress"]
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while True:  # two trials running (the cap: 5 GPUs, 2 per trial), their processes started
+        state = _state(results)
+        running = [t["name"] for t in (state or {}).get("trials", []) if t["status"] == "running"]
+        if len(running) == 2 and all((results / "trials" / n / "attempt-0" / "pid").exists() for n in running):
+            break
+        assert time.monotonic() < deadline and first.poll() is None, state
+        time.sleep(0.05)
+    first.kill()  # nasctl dies, its trials run on
+    output, _ = first.communicate(timeout=30)
+    output = " ".join(output.split())  # rich wraps lines at 80 columns off a terminal
+    assert output.count("Parallelism 2, not spec.budget.parallelism=3") == 1, output
+    assert "stand-in inventory NAS_STANDIN_GPUS=5" in output
+
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    stored = FileStore(results).load()
+    assert stored is not None and [t.status for t in stored.state.trials.values()] == ["succeeded"] * 5
+    for name in running:  # adopted, never started a second time
+        assert not (results / "trials" / name / "attempt-1").exists()
+    records = _records(results)
+    assert len(records) == 5
+    for record in records:
+        devices = record["devices"].split(",")
+        assert len(devices) == 2 and set(devices) <= {"0", "1", "2", "3", "4"}, record
+    for a in records:  # trials that ran at the same time, across both nasctl processes, never shared a device
+        overlapping = [b for b in records if b is not a and b["start"] < a["end"] and a["start"] < b["end"]]
+        assert len(overlapping) <= 1, records
+        for b in overlapping:
+            assert not set(a["devices"].split(",")) & set(b["devices"].split(",")), (a, b)
+
+
+def test_trials_that_ask_no_gpu_see_none(tmp_path: Path) -> None:
+    spec_path = _gpu_toy(tmp_path, gpus_per_trial=0, parallelism=2, max_trials=2, seconds=0)
+    results = tmp_path / "results"
+    env = {**os.environ, "NAS_STANDIN_GPUS": "2"}
+    done = _run_env(["run", str(spec_path), "--results", str(results), "--no-progress"], tmp_path, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r["devices"] for r in _records(results)] == ["", ""]
+
+
+def test_a_spec_asking_more_gpus_per_trial_than_the_machine_has_is_refused(tmp_path: Path) -> None:
+    spec_path = _gpu_toy(tmp_path, gpus_per_trial=2, parallelism=1, max_trials=2, seconds=0)
+    results = tmp_path / "results"
+    env = {**os.environ, "NAS_STANDIN_GPUS": "1"}
+    refused = _run_env(["run", str(spec_path), "--results", str(results), "--no-progress"], tmp_path, env)
+    assert refused.returncode == 1
+    assert "spec.trial.resources.gpu: each trial asks for 2 GPU(s), this machine has 1" in refused.stderr
+    assert not results.exists()  # refused before anything was written
+
+
+def _run_env(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NASCTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -3,6 +3,10 @@
 The same loop as the operator, with a file store in the results directory. Running the same
 command again resumes from the saved state; Ctrl-C (or SIGTERM) kills the running trials and
 queues them again, so a resumed run launches exactly the trials the budget still allows.
+
+One spec, two places: what a field cannot mean on one machine (an image, scheduling, a claim, limits) is named once
+at the start with the reason, never silently dropped; GPUs are handed out per trial as the scheduler would
+(local/gpus.py), and a spec that asks more per trial than the machine has is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from nas_operator.backends.local import LocalBackend
 from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import pareto_front
+from nas_operator.local.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.local.results import write_results
-from nas_operator.resource.spec import NASExperiment
+from nas_operator.resource.spec import NASExperiment, NASExperimentSpec
 from nas_operator.search.engine import Engine
 from nas_operator.search.pareto import hypervolume
 from nas_operator.search.worker import InlineEngineWorker, ThreadedEngineWorker
@@ -36,6 +41,55 @@ POLL_SECONDS = 0.25
 
 class ResumeError(RuntimeError):
     """The saved state cannot be continued with this spec."""
+
+
+class MachineRefused(ResumeError):
+    """The spec asks for more than this machine has (GPUs per trial); the message names the field.
+
+    A ResumeError so that `nasctl run` reports it the same way: one line, exit status 1, nothing started.
+    """
+
+
+def locally_ignored(spec: NASExperimentSpec) -> list[tuple[str, str]]:
+    """(field, why) for every field this spec sets that has no meaning on one machine."""
+    trial, ignored = spec.trial, []
+    if trial.image:
+        ignored.append(("spec.trial.image", "trials run in this environment (a bare python is nasctl's own)"))
+    if trial.node_selector:
+        ignored.append(("spec.trial.nodeSelector", "one machine: there are no nodes to choose"))
+    if trial.tolerations:
+        ignored.append(("spec.trial.tolerations", "one machine: there are no taints to tolerate"))
+    if trial.service_account_name:
+        ignored.append(("spec.trial.serviceAccountName", "trials run as your user, with no Kubernetes identity"))
+    if trial.mounts:
+        ignored.append(("spec.trial.mounts", "trials see this machine's files directly; nothing is mounted"))
+    if spec.metrics.claim_name:
+        ignored.append(("spec.metrics.claimName", "TensorBoard logs go under the results directory"))
+    limits = [name for name in ("cpu", "memory") if getattr(trial.resources, name)]
+    if limits:
+        ignored.append(
+            (
+                f"spec.trial.resources.{'/'.join(limits)}",
+                "not enforced: trials are plain processes without cgroup limits (resources.gpu is honoured)",
+            )
+        )
+    if "storage" in spec.model_fields_set and spec.storage.type != "file":
+        ignored.append(("spec.storage", "the state is kept in state.json.gz in the results directory"))
+    return ignored
+
+
+def effective_parallelism(spec: NASExperimentSpec, inventory: GpuInventory) -> int:
+    """spec.budget.parallelism, capped by the GPUs; MachineRefused when one trial asks more than there are."""
+    try:
+        return concurrent_trials(inventory, spec.trial.resources.gpu, spec.budget.parallelism)
+    except GpuError as exc:
+        raise MachineRefused(str(exc)) from None
+
+
+def _with_parallelism(spec: NASExperimentSpec, parallelism: int) -> NASExperimentSpec:
+    if parallelism == spec.budget.parallelism:
+        return spec
+    return spec.model_copy(update={"budget": spec.budget.model_copy(update={"parallelism": parallelism})})
 
 
 @dataclass
@@ -90,9 +144,12 @@ def run_local(
     lookahead: int | None = None,
     background_generation: bool = True,
     workdir: Path | None = None,
+    gpus: GpuInventory | None = None,
 ) -> RunOutcome:
     console = console or Console()
     spec = experiment.spec
+    inventory = gpus if gpus is not None else detect_gpus()
+    parallelism = effective_parallelism(spec, inventory)  # refuses before any state is read or written
     store = FileStore(results_dir)
     state, engine, resumed = open_experiment(experiment, store, fresh)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +161,24 @@ def run_local(
             f"[bold]Resuming[/] {state.experiment} from {store.path}: {state.count('succeeded')} succeeded, "
             f"{state.count('failed')} failed, {state.count('queued')} queued"
         )
-    backend = LocalBackend(results_dir, workdir=workdir)
+    for field, why in locally_ignored(spec):
+        console.print(f"[dim]Ignored locally:[/] {field}: {why}")
+    per_trial = spec.trial.resources.gpu
+    if parallelism < spec.budget.parallelism:
+        console.print(
+            f"[yellow]Parallelism {parallelism}[/], not spec.budget.parallelism={spec.budget.parallelism}: each trial "
+            f"asks for {per_trial} GPU(s) (spec.trial.resources.gpu) and this machine has {inventory.count} "
+            f"({inventory.source})"
+        )
+    elif per_trial:
+        console.print(f"[dim]GPUs:[/] {per_trial} per trial of {inventory.count} ({inventory.source})")
+    backend = LocalBackend(
+        results_dir,
+        workdir=workdir,
+        termination_messages=spec.metrics.source == "terminationMessage",
+        gpus=GpuPool(inventory),
+    )
+    backend.reserve_recorded(state.trials.values())  # trials a crashed run left running keep their devices
     snapshot = engine.snapshot()
     worker = ThreadedEngineWorker(engine) if background_generation else InlineEngineWorker(engine)
 
@@ -126,7 +200,8 @@ def run_local(
         message = event.message if len(event.message) < 600 else event.message[:600] + "..."
         console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.reason:<15}[/] {prefix}{message}")
 
-    loop = ExperimentLoop(spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead)
+    loop_spec = _with_parallelism(spec, parallelism)
+    loop = ExperimentLoop(loop_spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead)
     start = time.monotonic()
     interrupted = False
     task = progress.add_task("search", total=spec.budget.max_trials, name=state.experiment, detail="")
