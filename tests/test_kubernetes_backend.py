@@ -92,7 +92,10 @@ def test_a_trial_pod_is_restricted_by_construction_and_sees_only_its_own_log_dir
         "subPathExpr": "team-a/digits-mlp-5f0c1d2e/digits-mlp-t3/$(NAS_POD_NAME)",
     }
     env = container["env"]
-    assert env[0] == {"name": "NAS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert env[0] == {
+        "name": "NAS_POD_NAME",
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+    }
     assert "--log-dir=/nas-logs" in container["command"]
     assert job["spec"]["podFailurePolicy"] == {
         "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
@@ -160,7 +163,8 @@ def test_job_manifest_from_a_torchx_role_under_a_policy_that_grants_more() -> No
         "--latency-repeats=20",
     ]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["limits"]["cpu"] == "2000m"
+    assert container["resources"]["limits"]["cpu"] == "2"  # TorchX's 2000m as the API server stores it
+    assert container["resources"]["requests"]["cpu"] == "1900m"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["NAS_TRIAL_NAME"] == "digits-mlp-t3" and env["OMP_NUM_THREADS"] == "1"
     claims = {

@@ -37,7 +37,7 @@ from urllib3.exceptions import HTTPError as ConnectionFailure
 from nas_operator.core.backend import LaunchError, Observation, TransientLaunchError, TrialLaunch
 from nas_operator.core.state import TrialRecord
 from nas_operator.resource.policy import TrialPolicy, check_policy
-from nas_operator.resource.quantities import cpu_cores, memory_bytes
+from nas_operator.resource.quantities import cpu_cores, memory_bytes, parse_quantity
 from nas_operator.resource.spec import NASExperimentSpec
 
 TRIAL_LOG_MOUNT = "/nas-logs"
@@ -154,6 +154,10 @@ def build_job(
     container["terminationMessagePath"] = TERMINATION_MESSAGE_PATH
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     container.pop("ports", None)  # TorchX emits an empty list
+    for kind in ("limits", "requests"):
+        amounts = (container.get("resources") or {}).get(kind) or {}
+        for name, amount in amounts.items():
+            amounts[name] = canonical_quantity(amount)
     _mount_trial_logs(pod_spec, container, spec, namespace, launch, uid)
     _restrict(pod_spec, container, policy)
     labels = {
@@ -187,6 +191,24 @@ def build_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
+_DECIMAL_SUFFIXES = (("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3), ("", 0), ("m", -3), ("u", -6))
+
+
+def canonical_quantity(text: str) -> str:
+    """A decimal quantity as the API server stores it ("1000m" is "1", "0M" is "0"), so that `nasctl render`
+    prints what `kubectl get job -o yaml` will show. Binary ("Gi") quantities keep their own form there."""
+    if text.endswith("i"):
+        return text
+    value = parse_quantity(text)
+    if value == 0:
+        return "0"
+    for suffix, exponent in _DECIMAL_SUFFIXES:
+        mantissa = value.scaleb(-exponent)
+        if mantissa == mantissa.to_integral_value():
+            return f"{int(mantissa)}{suffix}"
+    return text
+
+
 def _mount_trial_logs(
     pod_spec: dict[str, Any],
     container: dict[str, Any],
@@ -200,7 +222,7 @@ def _mount_trial_logs(
     The emptyDir keeps `{log_dir}` writable for a non-root user in an image without that directory.
     """
     env = container.setdefault("env", [])
-    env.insert(0, {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    env.insert(0, {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}})
     mount: dict[str, Any] = {"name": TRIAL_LOG_VOLUME, "mountPath": TRIAL_LOG_MOUNT}
     if spec.metrics.source == "tensorboard" and spec.metrics.claim_name:
         volume: dict[str, Any] = {
