@@ -349,5 +349,48 @@ def render(
     click.echo(yaml.safe_dump(job, sort_keys=False), nl=False)
 
 
+@main.command()
+@click.argument("results_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--kube", is_flag=True, help="Also show the cluster's NASExperiments, read with your kubeconfig.")
+@click.option(
+    "-n", "--namespace", "namespaces", multiple=True, help="Namespace to read (repeatable) [default: the kubeconfig's]."
+)
+@context_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
+def dashboard(
+    results_dirs: tuple[Path, ...], kube: bool, namespaces: tuple[str, ...], context: str | None, host: str, port: int
+) -> None:
+    """A live web page of experiments: local results directories and/or the cluster as your kubeconfig sees it.
+
+    RESULTS_DIRS are directories `nasctl run` wrote (or folders of them) [default: nas-results, when
+    neither it nor --kube is given]. Nothing runs in the cluster: the page reads what your account may read.
+    """
+    from nas_operator.dashboard.app import serve
+    from nas_operator.dashboard.sources import KubeSource, LocalSource, Source
+
+    directories = list(results_dirs)
+    if not directories and not kube:
+        if not Path("nas-results").is_dir():
+            raise click.ClickException("no results directory given and no ./nas-results here; pass one, or --kube")
+        directories = [Path("nas-results")]
+    sources: list[Source] = []
+    if directories:
+        sources.append(LocalSource(directories))
+    if kube:
+        chosen = list(namespaces) or [_current_namespace(None)]
+        sources.append(KubeSource(_kube(context), chosen))
+
+    def ready(url: str) -> None:
+        click.echo(f"nasctl dashboard: {url} (Ctrl-C to stop)", err=True)
+
+    try:
+        serve(sources, host, port, ready)
+    except OSError as exc:
+        raise click.ClickException(f"--host {host} --port {port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":
     main()
