@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # cannot point the operator at one, and only someone who may write Secrets can set the label.
 SQL_STORE_LABEL = "nas.operator.dev/state-store"
 SQL_STORE_LABEL_VALUE = "true"
+# After consecutive failed steps: retry at once, then back off 2, 4, ... up to this many seconds.
+FAILED_STEP_BACKOFF_MAX = 60.0
 TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}
 
 
@@ -138,6 +140,8 @@ class ExperimentController:
         self.loop: ExperimentLoop | None = None
         self.worker: ThreadedEngineWorker | None = None
         self.previous: NASExperimentStatus | None = None
+        self.failures = 0  # failed steps in a row
+        self.retry_at = 0.0  # monotonic time before which a failing experiment is not stepped again
         self.telemetry = telemetry
 
     def step(self, spec_document: dict[str, Any], generation: int | None) -> dict[str, Any]:
@@ -162,6 +166,8 @@ class ExperimentController:
 
     def _step_status(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
         previous = self.previous
+        if previous is not None and time.monotonic() < self.retry_at:
+            return previous  # backing off after failed steps: a rebuild (an Ax restore) per step would burn the CPU
         try:
             spec = load_spec(spec_document, policy=self.policy, cluster=True)
             if not NAME_RFC1123.fullmatch(self.name):  # the CRD refuses it too; this guards a CRD without the rule
@@ -188,7 +194,17 @@ class ExperimentController:
             # Fail closed: whatever this step did in memory and could not save is forgotten; the next step re-reads
             # the store (a fresh resourceVersion after a conflict) and the cluster, and carries on from there.
             reason = "StoreConflict" if isinstance(exc, StoreConflict) else "StepFailed"
-            log.warning("%s/%s: step failed, state will be re-read: %s", self.namespace, self.name, exc)
+            self.failures += 1
+            delay = 0.0 if self.failures == 1 else min(FAILED_STEP_BACKOFF_MAX, 2.0 ** (self.failures - 1))
+            self.retry_at = time.monotonic() + delay
+            log.warning(
+                "%s/%s: step failed (%d in a row), state will be re-read in %.0fs: %s",
+                self.namespace,
+                self.name,
+                self.failures,
+                delay,
+                exc,
+            )
             self._drop_loop()
             problem = (reason, f"{type(exc).__name__}: {exc}"[:1024])
             if self.telemetry is not None:
@@ -196,6 +212,7 @@ class ExperimentController:
             if previous is None:
                 return failed_status(reason, problem[1], generation, previous, phase="Pending")
             return _with_store_condition(previous, problem, previous)
+        self.failures = 0
         status = build_status(spec, loop.state, generation, previous)
         return _with_store_condition(status, None, previous)
 

@@ -65,6 +65,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
     )
+    # Kopf's own calls (status patches, finalizers) get the same bound as ours; watches have theirs below.
+    settings.networking.request_timeout = API_TIMEOUT
+    settings.networking.connect_timeout = min(10.0, API_TIMEOUT)
     settings.watching.server_timeout = 60  # a stalled watch is dropped and re-established
     settings.watching.client_timeout = 90
     # A deleted experiment's timer may be mid-step; Kopf releases the finalizer only once it has
