@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -13,6 +13,9 @@ from rich.console import Console
 from nas_operator.resource.policy import TrialPolicy
 from nas_operator.resource.spec import NASExperiment
 from nas_operator.resource.spec_checks import SpecError, load_experiment
+
+if TYPE_CHECKING:
+    from nas_operator.storage.store import StoredState
 
 
 def _read_documents(path: Path) -> list[dict[str, Any]]:
@@ -212,6 +215,49 @@ def _get_experiment(api: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+def _stored_state(api: Any, namespace: str, obj: dict[str, Any]) -> tuple[NASExperiment, StoredState | None, str]:
+    """The experiment as stored on the cluster, its saved state (None before the first save) and where that is.
+
+    Read from the store the spec names (the ConfigMap, or the SQL database of an opted-in Secret), opened by the
+    operator's own rules (storage/open_store.py); a problem becomes a ClickException naming the field or the store.
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from nas_operator.resource.spec import API_GROUP, API_VERSION, KIND
+    from nas_operator.storage.open_store import open_store
+    from nas_operator.storage.store import ForeignState
+
+    name, uid = obj["metadata"]["name"], str(obj["metadata"].get("uid") or "")
+    # Read as stored: an experiment created before a newer rule still shows its results.
+    try:
+        experiment = load_experiment({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")}, cluster=False)
+    except SpecError as exc:
+        raise click.ClickException(f"{namespace}/{name} cannot be read:\n" + _indent(str(exc))) from None
+    # The experiment's identity, so a state left by an earlier object of this name is refused as the operator does.
+    owner = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": name, "uid": uid}
+    spec = experiment.spec
+    where = (
+        f"SQL store (Secret {spec.storage.secret_ref.name})"
+        if spec.storage.type == "sql" and spec.storage.secret_ref is not None
+        else f"ConfigMap {namespace}/{name}-nas-state"
+    )
+    try:
+        store = open_store(client.CoreV1Api(api), namespace, name, spec, owner_reference=owner, uid=uid)
+        return experiment, store.load(), where
+    except SpecError as exc:
+        raise click.ClickException(
+            f"{namespace}/{name}: the state store cannot be opened:\n" + _indent(str(exc))
+        ) from None
+    except ApiException as exc:
+        raise click.ClickException(f"{namespace}/{name}: reading the {where}: {exc.status} {exc.reason}") from None
+    except ForeignState as exc:
+        raise click.ClickException(f"{namespace}/{name}: {exc}") from None
+    except Exception as exc:  # a database that cannot be reached from here, a document that does not decode
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise click.ClickException(f"{namespace}/{name}: reading the {where}: {type(exc).__name__}: {reason}") from None
+
+
 namespace_option = click.option("-n", "--namespace", default=None, help="Namespace [default: the kubeconfig's].")
 context_option = click.option("--context", default=None, help="kubeconfig context.")
 
@@ -248,9 +294,13 @@ def apply(file: Path, namespace: str | None, context: str | None) -> None:
 @namespace_option
 @context_option
 def status(name: str, namespace: str | None, context: str | None) -> None:
-    """Phase, trial counts, hypervolume and conditions of an experiment on the cluster."""
+    """Phase, trial counts, hypervolume and conditions of an experiment on the cluster, and its saved state.
+
+    The state is read from the store the experiment names (ConfigMap or SQL); exit status 1 when it cannot be.
+    """
     namespace = _current_namespace(namespace)
-    obj = _get_experiment(_kube(context), namespace, name)
+    api = _kube(context)
+    obj = _get_experiment(api, namespace, name)
     st = obj.get("status") or {}
     trials = st.get("trials") or {}
     budget = obj["spec"]["budget"]["maxTrials"]
@@ -268,6 +318,15 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
             f"  {condition['type']}={condition['status']} {condition.get('reason', '')} "
             f"{condition.get('lastTransitionTime', '')}"
         )
+    _, stored, where = _stored_state(api, namespace, obj)
+    if stored is None:
+        click.echo(f"  state: none saved yet in the {where}")
+        return
+    saved = stored.state
+    counts = ", ".join(
+        f"{saved.count(kind)} {kind}" for kind in ("queued", "launching", "running", "succeeded", "failed", "stopped")
+    )
+    click.echo(f"  state in the {where}: {len(saved.trials)} trials ({counts})")
 
 
 @main.command()
@@ -276,22 +335,19 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
 @context_option
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write the Pareto plot (PNG).")
 def pareto(name: str, namespace: str | None, context: str | None, plot: Path | None) -> None:
-    """The Pareto front of an experiment on the cluster, as a table (and a plot of every trial)."""
-    from kubernetes import client
+    """The Pareto front of an experiment on the cluster, as a table (and a plot of every trial).
 
+    Read from the store the experiment names: its ConfigMap, or the SQL database of an opted-in Secret.
+    """
     from nas_operator.local.results import plot_pareto_png
     from nas_operator.local.runner import pareto_table
-    from nas_operator.resource.spec_checks import load_experiment
-    from nas_operator.storage.store import ConfigMapStore
 
     namespace = _current_namespace(namespace)
     api = _kube(context)
     obj = _get_experiment(api, namespace, name)
-    # Read as stored: an experiment created before a newer rule still shows its results.
-    experiment = load_experiment({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")}, cluster=False)
-    stored = ConfigMapStore(client.CoreV1Api(api), namespace, name).load()
+    experiment, stored, where = _stored_state(api, namespace, obj)
     if stored is None:
-        raise click.ClickException(f"{namespace}/{name} has no saved state yet")
+        raise click.ClickException(f"{namespace}/{name} has no saved state yet (in the {where})")
     Console().print(pareto_table(experiment, stored.state))
     if plot is not None:
         plot_pareto_png(experiment.spec, stored.state, plot)
