@@ -12,7 +12,6 @@ behind what was launched, and an outside edit of the state is re-read instead of
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
@@ -37,14 +36,11 @@ from nas_operator.resource.spec import (
 from nas_operator.resource.spec_checks import NAME_RFC1123, Problem, SpecError, load_spec
 from nas_operator.search.engine import Engine
 from nas_operator.search.worker import ThreadedEngineWorker
+from nas_operator.storage.open_store import open_store
 from nas_operator.storage.store import ConfigMapStore, ForeignState, StateTooLarge, StoreConflict
-from nas_operator.storage.store_sql import SQLStore, UnsafeDatabaseURL
+from nas_operator.storage.store_sql import SQLStore
 
 log = logging.getLogger(__name__)
-# Only a Secret that carries this label may hold a state-store URL: a NASExperiment author who may not read Secrets
-# cannot point the operator at one, and only someone who may write Secrets can set the label.
-SQL_STORE_LABEL = "nas.operator.dev/state-store"
-SQL_STORE_LABEL_VALUE = "true"
 # After consecutive failed steps: retry at once, then back off 2, 4, ... up to this many seconds.
 FAILED_STEP_BACKOFF_MAX = 60.0
 TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}
@@ -224,46 +220,15 @@ class ExperimentController:
 
     def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
         """The store the spec names: the experiment's ConfigMap, or a database whose URL is in an opted-in Secret."""
-        if spec.storage.type != "sql":
-            return ConfigMapStore(
-                self.core,
-                self.namespace,
-                self.name,
-                owner_reference=self.owner,
-                request_timeout=self.request_timeout,
-            )
-        from kubernetes.client.exceptions import ApiException
-
-        reference = spec.storage.secret_ref
-        assert reference is not None  # spec_checks requires it for sql
-        path = "spec.storage.secretRef"
-        try:
-            secret = self.core.read_namespaced_secret(
-                reference.name, self.namespace, _request_timeout=self.request_timeout
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise SpecError([Problem(f"{path}.name", f"Secret {reference.name} does not exist")]) from None
-            raise
-        labels = secret.metadata.labels or {}
-        if labels.get(SQL_STORE_LABEL) != SQL_STORE_LABEL_VALUE:
-            raise SpecError(
-                [
-                    Problem(
-                        f"{path}.name",
-                        f"Secret {reference.name} is not labelled {SQL_STORE_LABEL}={SQL_STORE_LABEL_VALUE}: the "
-                        "operator reads only Secrets their owner opted in as state stores",
-                    )
-                ]
-            )
-        encoded = (secret.data or {}).get(reference.key)
-        if encoded is None:
-            raise SpecError([Problem(f"{path}.key", f'Secret {reference.name} has no key "{reference.key}"')])
-        try:
-            url = base64.b64decode(encoded).decode()
-            return SQLStore(url, self.namespace, self.name, uid=self.uid)
-        except (UnsafeDatabaseURL, UnicodeDecodeError, ValueError) as exc:
-            raise SpecError([Problem(f"{path}.key", f"Secret {reference.name}: {exc}")]) from None
+        return open_store(
+            self.core,
+            self.namespace,
+            self.name,
+            spec,
+            owner_reference=self.owner,
+            uid=self.uid,
+            request_timeout=self.request_timeout,
+        )
 
     def _loop(self, spec: NASExperimentSpec) -> ExperimentLoop:
         if self.loop is not None:
