@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_operator.local.gpus import (
+from nas_operator.backends.gpus import (
     STANDIN_VARIABLE,
     GpuError,
     GpuInventory,

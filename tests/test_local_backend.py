@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nas_operator.backends.gpus import GpuInventory, GpuPool
 from nas_operator.backends.local import LocalBackend, group_members
 from nas_operator.core.backend import Observation, TransientLaunchError, render_launch
 from nas_operator.core.metrics import (
@@ -21,7 +22,6 @@ from nas_operator.core.metrics import (
     read_tensorboard_metrics,
 )
 from nas_operator.core.state import TrialRecord
-from nas_operator.local.gpus import GpuInventory, GpuPool
 from nas_operator.resource.spec import MetricDefinition, Resources, TrialTemplate
 
 

@@ -17,7 +17,7 @@ Layout under the results directory:
 A trial reports the way it would on Kubernetes: with `metrics.source: terminationMessage` it gets
 `NAS_TERMINATION_MESSAGE_PATH`, an empty file created before it starts, and what it wrote there is read after it exits
 with the kubelet's rule (the last 4096 bytes, a regular file only), then parsed by the same function as on a cluster.
-With a GPU pool, each trial gets its devices in `CUDA_VISIBLE_DEVICES` (see local/gpus.py).
+With a GPU pool, each trial gets its devices in `CUDA_VISIBLE_DEVICES` (see backends/gpus.py).
 
 The log dir holds one run only: it is emptied before every run (a new attempt, or a retry after a non-zero exit),
 after whatever the previous run left running in its process group is killed, since `reduce: max` over a directory
@@ -38,10 +38,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nas_operator.backends.gpus import GpuPool, visible_devices
 from nas_operator.core.backend import Observation, TransientLaunchError, TrialLaunch
 from nas_operator.core.metrics import MAX_TERMINATION_MESSAGE_BYTES
 from nas_operator.core.state import TrialRecord
-from nas_operator.local.gpus import GpuPool, visible_devices
 
 # Runs the trial, then records its exit status atomically. `exec` is not used so the
 # status can be written; the wrapper and the trial share one process group.

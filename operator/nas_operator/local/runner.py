@@ -6,7 +6,7 @@ queues them again, so a resumed run launches exactly the trials the budget still
 
 One spec, two places: what a field cannot mean on one machine (an image, scheduling, a claim, limits) is named once
 at the start with the reason, never silently dropped; GPUs are handed out per trial as the scheduler would
-(local/gpus.py), and a spec that asks more per trial than the machine has is refused before anything starts.
+(backends/gpus.py), and a spec that asks more per trial than the machine has is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from nas_operator.backends.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.backends.local import LocalBackend
 from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import pareto_front
-from nas_operator.local.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.local.results import write_results
 from nas_operator.resource.spec import NASExperiment, NASExperimentSpec
 from nas_operator.search.engine import Engine
