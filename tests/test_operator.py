@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from nas_operator.resource.quantities import parse_quantity
 from nas_operator.resource.spec_checks import load_spec
 from nas_operator.search.pareto import pareto_indices
 from nas_operator.storage.store import ConfigMapStore
@@ -176,6 +178,29 @@ def test_an_experiment_runs_to_succeeded_through_real_jobs(
     assert sorted(j["metadata"]["name"] for j in jobs) == ["digits-small-t0", "digits-small-t1", "digits-small-t2"]
     experiment_uid = _get(cluster, namespace, "digits-small")["metadata"]["uid"]
     assert all(j["metadata"]["ownerReferences"][0]["uid"] == experiment_uid for j in jobs)
+
+    # `nasctl render` printed, without a cluster, the Job the operator really created (the API server only adds
+    # defaults: compare what the operator sets).
+    rendered = _nasctl(cluster, "render", str(spec_file), "--trial", "0", "-n", namespace, "--uid", experiment_uid)
+    assert rendered.returncode == 0, rendered.stderr
+    expected = yaml.safe_load(rendered.stdout)
+    actual = next(j for j in jobs if j["metadata"]["name"] == "digits-small-t0")
+    for key in ("labels", "annotations", "ownerReferences"):
+        assert actual["metadata"][key] == expected["metadata"][key], key
+    assert actual["spec"]["podFailurePolicy"] == expected["spec"]["podFailurePolicy"]
+    pod, want = actual["spec"]["template"]["spec"], expected["spec"]["template"]["spec"]
+    assert pod["securityContext"] == want["securityContext"]
+    assert pod.get("automountServiceAccountToken") == want.get("automountServiceAccountToken")
+    assert [v["name"] for v in pod["volumes"]] == [v["name"] for v in want["volumes"]]
+    container, want_container = pod["containers"][0], want["containers"][0]
+    for key in ("command", "args", "env", "volumeMounts", "securityContext", "image"):
+        assert container.get(key) == want_container.get(key), key
+
+    def amounts(resources: dict[str, dict[str, str]]) -> dict[str, dict[str, Decimal]]:
+        """The API server writes quantities canonically ("1000m" -> "1"): compare amounts."""
+        return {kind: {k: parse_quantity(v) for k, v in values.items()} for kind, values in resources.items()}
+
+    assert amounts(container["resources"]) == amounts(want_container["resources"])
 
     # The status front is the engine's: recompute it from the stored state.
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
