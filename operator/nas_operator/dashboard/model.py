@@ -3,8 +3,8 @@
 Everything here is computed from the loop's own record (LoopState), the same source `kubectl get
 nasx`, `pareto.json` and `trials.csv` come from, so the page never disagrees with them. The one
 costly part is the hypervolume over trials: it is computed incrementally (the front only changes
-when a new point is not dominated), against the reference point of all results, so the curve's
-last value is the status's hypervolume and 1,000 trials cost milliseconds, not a refit per trial.
+when a new point is not dominated), exactly by slicing (hypervolume.py), against the reference point
+of all results, so the curve's last value is the status's hypervolume.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from nas_operator.core.state import LoopState
+from nas_operator.dashboard.hypervolume import exact_hypervolume
 from nas_operator.resource.spec import NASExperimentSpec
-from nas_operator.search.pareto import feasible, hypervolume_of, pareto_indices, reference_point
+from nas_operator.search.pareto import feasible, pareto_indices, reference_point
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,18 @@ def _finite(value: float | None) -> float | None:
 
 def summary(item: Loaded, now: float | None = None) -> dict[str, Any]:
     """A row of the experiments list: phase, progress, hypervolume, front size, age."""
+    return with_age(_summary(item), item, now)
+
+
+def with_age(row: dict[str, Any], item: Loaded, now: float | None = None) -> dict[str, Any]:
+    """The row with its age now (the rest of a row changes only with the experiment's version)."""
+    started = item.state.started_at if item.state is not None and item.state.started_at else item.created_at
     now = time.time() if now is None else now
+    return {**row, "ageSeconds": None if started is None else max(0.0, now - started)}
+
+
+def _summary(item: Loaded) -> dict[str, Any]:
     row: dict[str, Any] = {"key": item.key, "name": item.name, "where": item.where, "problem": item.problem}
-    started = item.created_at
     if item.state is not None and item.spec is not None:
         state, spec = item.state, item.spec
         results = state.results()
@@ -70,7 +80,6 @@ def summary(item: Loaded, now: float | None = None) -> dict[str, Any]:
             hypervolume=_finite(_hypervolume(spec, results, front)),
             frontSize=len(front),
         )
-        started = state.started_at or started
     else:
         status = item.status or {}
         trials = status.get("trials") or {}
@@ -85,7 +94,6 @@ def summary(item: Loaded, now: float | None = None) -> dict[str, Any]:
             hypervolume=status.get("hypervolume"),
             frontSize=status.get("paretoSize", 0),
         )
-    row["ageSeconds"] = None if started is None else max(0.0, now - started)
     return row
 
 
@@ -93,7 +101,7 @@ def _hypervolume(spec: NASExperimentSpec, results: dict[int, dict[str, float]], 
     reference = reference_point(spec, results)
     if not front or reference is None:
         return None
-    return hypervolume_of(_maximized(spec, [results[i] for i in front]), reference)
+    return exact_hypervolume(_maximized(spec, [results[i] for i in front]), reference)
 
 
 def hypervolume_trace(spec: NASExperimentSpec, state: LoopState) -> list[dict[str, float]]:
@@ -113,14 +121,14 @@ def hypervolume_trace(spec: NASExperimentSpec, state: LoopState) -> list[dict[st
             if not dominated:
                 keep = ~(np.all(point >= front, axis=1) & np.any(point > front, axis=1))
                 front = np.vstack([front[keep], point])
-                volume = hypervolume_of(front, reference)
+                volume = exact_hypervolume(front, reference)
         trace.append({"index": index, "hypervolume": volume})
     return trace
 
 
-def detail(item: Loaded) -> dict[str, Any]:
+def detail(item: Loaded, row: dict[str, Any] | None = None) -> dict[str, Any]:
     """One experiment's page: objectives, every trial (with its place on the front), hypervolume over trials."""
-    document: dict[str, Any] = {"summary": summary(item), "version": item.version, "curves": item.curves}
+    document: dict[str, Any] = {"summary": row or summary(item), "version": item.version, "curves": item.curves}
     if item.spec is None or item.state is None:
         return {**document, "objectives": [], "parameters": [], "metrics": [], "trials": [], "hypervolumeTrace": []}
     spec, state = item.spec, item.state

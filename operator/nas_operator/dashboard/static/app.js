@@ -5,7 +5,7 @@
 
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const view = { key: null, data: null, timer: null, sort: { column: "index", descending: false }, selected: null };
-window.dashboard = { ready: false, renders: 0, firstRenderMs: null };
+window.dashboard = { ready: false, renders: 0, firstRenderMs: null, firstDataMs: null, parcoordsMs: null, timings: {} };
 
 function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -87,6 +87,7 @@ async function showExperiment(key, refresh = false) {
     main.innerHTML = `<p class="error">${esc(error.message)}</p>`;
     return schedule(() => showExperiment(key), 5);
   }
+  if (window.dashboard.firstDataMs === null) window.dashboard.firstDataMs = performance.now();
   if (!data.unchanged) {
     const first = !refresh || view.key !== key;
     view.key = key;
@@ -111,7 +112,7 @@ function renderSkeleton(data) {
     <section><h2>Trials</h2>
       <div class="filters"><input id="trial-filter" type="search" placeholder="filter: name, generator, reason, value">
         <select id="status-filter"><option value="">every status</option>
-          ${["succeeded", "failed", "running", "launching", "queued", "stopped"].map((x) => `<option>${x}</option>`).join("")}
+          ${["succeeded", "failed", "running", "launching", "queued", "stopped"].map((x) => `<option value="${x}">${x}</option>`).join("")}
         </select><span id="trial-count" class="muted"></span></div>
       <div class="table-wrap"><table id="trials"><thead></thead><tbody></tbody></table></div></section>
     <section><h2>Model diagnostics (Ax)</h2>
@@ -137,9 +138,10 @@ function renderExperiment(data) {
     </div>
     <p class="downloads"><a id="download-csv" href="${api(view.key, "/trials.csv")}">trials.csv</a>
       <a id="download-front" href="${api(view.key, "/pareto.json")}">pareto.json (front)</a></p>`;
-  renderPairs(data);
-  renderHypervolume(data);
-  renderTable(data);
+  const timed = (name, fn) => { const t = performance.now(); fn(); window.dashboard.timings[name] = performance.now() - t; };
+  timed("pairs", () => renderPairs(data));
+  timed("hypervolume", () => renderHypervolume(data));
+  timed("table", () => renderTable(data));
   if (view.selected !== null) showTrial(view.selected, false);
 }
 
@@ -188,10 +190,14 @@ function renderPairs(data) {
   parcoords.hidden = false;
   parcoords.className = "plot";
   const dimensions = data.objectives.map((o) => ({ label: objectiveLabel(o), values: done.map((t) => t.metrics[o.metric]) }));
-  Plotly.react(parcoords, [{
-    type: "parcoords", dimensions,
-    line: { color: done.map((t) => (t.front ? 1 : 0)), colorscale: [[0, "#b8c0c8"], [1, "#d7263d"]] },
-  }], { margin: { t: 40, r: 40, b: 20, l: 60 } }, PLOT_CONFIG);
+  // Drawn after the rest of the page: parallel coordinates are WebGL, the slowest plot where GL is emulated.
+  setTimeout(() => {
+    Plotly.react(parcoords, [{
+      type: "parcoords", dimensions,
+      line: { color: done.map((t) => (t.front ? 1 : 0)), colorscale: [[0, "#b8c0c8"], [1, "#d7263d"]] },
+    }], { margin: { t: 40, r: 40, b: 20, l: 60 } }, PLOT_CONFIG);
+    if (window.dashboard.parcoordsMs === null) window.dashboard.parcoordsMs = performance.now();
+  }, 0);
 }
 
 function renderHypervolume(data) {
