@@ -139,6 +139,7 @@ def create_app(sources: list[Source], allowed_hosts: set[str] | None = None) -> 
                         item = source.load(key)
                         if item is not None:
                             rows.append(documents.row(item))
+                    errors += source.errors
                 except Exception as exc:  # one unreachable cluster must not hide the local results
                     errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
             return {"experiments": rows, "errors": errors, "refreshSeconds": REFRESH_SECONDS}

@@ -39,6 +39,7 @@ MAX_READERS = 64  # trials whose TensorBoard readers are kept between requests (
 
 class Source(Protocol):
     prefix: str  # every key of this source starts with it
+    errors: list[str]  # what the last listing could not read (a namespace the user may not list)
 
     def experiment_keys(self) -> list[str]: ...
 
@@ -55,6 +56,7 @@ class LocalSource:
     def __init__(self, roots: Iterable[Path]) -> None:
         self.roots = [Path(r) for r in roots]
         self._dirs: dict[str, Path] = {}
+        self.errors: list[str] = []
         self._cache: dict[str, tuple[str, Loaded]] = {}
         self._readers: OrderedDict[tuple[str, str], EventReader] = OrderedDict()
         self._lock = threading.Lock()
@@ -160,25 +162,32 @@ class KubeSource:
         self.namespaces = namespaces
         self.timeout = request_timeout
         self._cache: dict[str, tuple[str, Loaded]] = {}
+        self.errors: list[str] = []
 
     def _custom(self) -> Any:
         from kubernetes import client
 
         return client.CustomObjectsApi(self.api)
 
-    def list_objects(self) -> list[dict[str, Any]]:
+    def experiment_keys(self) -> list[str]:
+        """Keys of the experiments in every namespace the user may list; a refused namespace becomes an error."""
+        from kubernetes.client.exceptions import ApiException
+
         from nas_operator.resource.spec import API_GROUP, API_VERSION, PLURAL
 
-        objects: list[dict[str, Any]] = []
+        keys: list[str] = []
+        errors: list[str] = []
         for namespace in self.namespaces:
-            listing = self._custom().list_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, PLURAL, _request_timeout=self.timeout
-            )
-            objects += listing.get("items", [])
-        return objects
-
-    def experiment_keys(self) -> list[str]:
-        return [f"{self.prefix}{o['metadata']['namespace']}~{o['metadata']['name']}" for o in self.list_objects()]
+            try:
+                listing = self._custom().list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL, _request_timeout=self.timeout
+                )
+            except ApiException as exc:
+                errors.append(f"namespace {namespace}: the API server answered {exc.status} {exc.reason}")
+                continue
+            keys += [f"{self.prefix}{namespace}~{o['metadata']['name']}" for o in listing.get("items", [])]
+        self.errors = errors
+        return keys
 
     def load(self, key: str) -> Loaded | None:
         from kubernetes import client
