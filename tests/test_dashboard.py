@@ -272,7 +272,9 @@ def test_the_page_shows_the_experiments_front_trials_and_a_clicked_trial(
         )
         assert ["cross-validation", True] in kinds and ["sensitivity", True] in kinds, kinds
         wait_js(driver, "document.querySelector('#diagnostics .plot .main-svg') !== null")
-        driver.execute_script("document.getElementById('pairs').scrollIntoView()")
+        driver.set_window_size(1400, 2900)  # the whole page: front, hypervolume, the clicked trial, the table
+        driver.execute_script("window.scrollTo(0, 0)")
+        wait_js(driver, "document.querySelector('#curves .main-svg') && document.querySelector('#pair-0 .main-svg')")
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
         if os.environ.get("NAS_UPDATE_SCREENSHOTS"):
             driver.save_screenshot(str(SCREENSHOT))
