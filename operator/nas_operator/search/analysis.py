@@ -54,7 +54,7 @@ def model_diagnostics(spec: NASExperimentSpec, snapshot: Mapping[str, Any]) -> l
 
     engine = Engine.restore(spec, snapshot)
     # The engine keeps its Ax client private to the search package; the analyses need it whole.
-    client: Any = engine._client
+    client: Any = engine.client
     requested: list[tuple[str, Any]] = [("cross-validation", CrossValidationPlot())]
     requested += [("sensitivity", SensitivityAnalysisPlot(metric_name=m, order="total")) for m in model_metrics(spec)]
     diagnostics: list[Diagnostic] = []

@@ -134,6 +134,11 @@ class Engine:
         self._fixed = {p.name: p.value for p in spec.parameters if p.type == "fixed"}
         self._metrics = model_metrics(spec)
 
+    @property
+    def client(self) -> Any:
+        """Ax's Client, for the analyses in search/analysis.py (the other module allowed to use Ax)."""
+        return self._client
+
     @classmethod
     def create(cls, spec: NASExperimentSpec, name: str = "nas") -> Engine:
         from ax import Client
