@@ -81,14 +81,31 @@ def _document_name(document: Any) -> str:
     return name[:80] if isinstance(name, str) else "?"
 
 
-@main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
+policy_option = click.option(
     "--policy",
     "policy_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Helm values file whose trialPolicy block to apply [default: the chart's default policy].",
+    help="The chart's values file whose trialPolicy applies [default: NAS_TRIAL_* variables, as the operator reads "
+    "them, else the chart's default policy].",
 )
+
+
+def _trial_policy(policy_file: Path | None) -> TrialPolicy:
+    """The trial policy the operator would apply: a values file's `trialPolicy`, else the NAS_TRIAL_* variables."""
+    try:
+        if policy_file is None:
+            return TrialPolicy.from_env()
+        values, unread = _validation_documents(policy_file)
+        if unread:
+            raise ValueError(unread)
+        return TrialPolicy.from_values(values[0] if values else {})
+    except ValueError as exc:
+        raise click.ClickException(f"{policy_file or 'NAS_TRIAL_* variables'}: {exc}") from None
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@policy_option
 @click.option("--local", is_flag=True, help="Check only what `nasctl run` needs (no image, claim or trial policy).")
 def validate(files: tuple[Path, ...], policy_file: Path | None, local: bool) -> None:
     """Check NASExperiment files; print every problem with its field path and rule.
@@ -96,17 +113,7 @@ def validate(files: tuple[Path, ...], policy_file: Path | None, local: bool) -> 
     By default a spec is checked as the operator will check it: the cluster's needs (an image,
     a metrics claim for TensorBoard) and the trial policy.
     """
-    policy: TrialPolicy | None = None
-    if not local:
-        policy = TrialPolicy()
-        if policy_file is not None:
-            values, unread = _validation_documents(policy_file)
-            try:
-                if unread:
-                    raise ValueError(unread)
-                policy = TrialPolicy.from_values(values[0] if values else {})
-            except ValueError as exc:
-                raise click.ClickException(f"{policy_file}: {exc}") from None
+    policy = None if local else _trial_policy(policy_file)
     bad = 0
     for path in files:
         documents, unreadable = _validation_documents(path)
@@ -358,19 +365,14 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--trial", "index", type=int, required=True, help="Trial index (0 is the first trial).")
 @click.option("-n", "--namespace", default=None, help="Namespace [default: the file's, else default].")
-@click.option(
-    "--policy",
-    "values_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The chart's values file; its trialPolicy applies [default: NAS_TRIAL_* variables, else the chart's].",
-)
+@policy_option
 @click.option("--uid", default=None, help="The experiment's uid [default: a placeholder; the API server sets it].")
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE", help="A parameter's value (repeatable).")
 def render(
     file: Path,
     index: int,
     namespace: str | None,
-    values_file: Path | None,
+    policy_file: Path | None,
     uid: str | None,
     assignments: tuple[str, ...],
 ) -> None:
@@ -381,7 +383,6 @@ def render(
     --set). A spec that breaks the policy is refused with the field.
     """
     from nas_operator.cluster.render import PLACEHOLDER_UID, RenderError, render_trial_job
-    from nas_operator.resource.policy import TrialPolicy
 
     documents = [d for d in _read_documents(file) if d.get("kind") == "NASExperiment"]
     if len(documents) != 1:
@@ -393,7 +394,7 @@ def render(
             raise click.ClickException(f'--set {assignment}: expected NAME=VALUE, e.g. "epochs=5"')
         overrides[name.strip()] = yaml.safe_load(value)
     try:
-        policy = TrialPolicy.from_values(_read_documents(values_file)[0]) if values_file else TrialPolicy.from_env()
+        policy = _trial_policy(policy_file)
         target = namespace or (documents[0].get("metadata") or {}).get("namespace") or "default"
         job = render_trial_job(
             documents[0], index, target, policy=policy, uid=uid or PLACEHOLDER_UID, overrides=overrides
