@@ -66,3 +66,21 @@ def wait_js(driver: Any, expression: str, timeout: float = 30.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"{expression} was {value!r} for {timeout} s; console: {console_errors(driver)}")
+
+
+def assert_front_and_table(driver: Any, front: list[Any], trials: int) -> list[Any]:
+    """The first Pareto plot holds exactly `front` (its trace data and its drawn points) and the table every trial.
+
+    Returns the front's drawn points, for a test to click.
+    """
+    from selenium.webdriver.common.by import By
+
+    wait_js(driver, "document.querySelector('#pair-0 .scatterlayer .trace') !== null")
+    plotted = driver.execute_script(
+        "return document.getElementById('pair-0').data.find(t => t.name === 'Pareto front').customdata;"
+    )
+    assert sorted(plotted) == sorted(front)
+    points = driver.find_elements(By.CSS_SELECTOR, "#pair-0 .scatterlayer .trace:nth-child(3) path.point")
+    assert len(points) == len(front)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == trials
+    return list(points)

@@ -37,7 +37,7 @@ from nas_operator.search.pareto import hypervolume, hypervolume_of, pareto_indic
 from nas_operator.search.worker import InlineEngineWorker
 from nas_operator.storage.store import FileStore
 
-from .browser import chromium, console_errors, wait_js
+from .browser import assert_front_and_table, chromium, console_errors, wait_js
 from .conftest import ROOT, toy_doc
 
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -235,15 +235,7 @@ def test_the_page_shows_the_experiments_front_trials_and_a_clicked_trial(
         row = driver.find_element(By.CSS_SELECTOR, '#experiments tr[data-key="local~toy"]')
         assert "Succeeded" in row.text and f"{len(front)}" in row.text
         row.click()
-        wait_js(driver, "document.querySelector('#pair-0 .scatterlayer .trace') !== null")
-        # The front trace holds exactly the observed front, and the table every trial.
-        plotted = driver.execute_script(
-            "return document.getElementById('pair-0').data.find(t => t.name === 'Pareto front').customdata;"
-        )
-        assert sorted(plotted) == sorted(front)
-        points = driver.find_elements(By.CSS_SELECTOR, "#pair-0 .scatterlayer .trace:nth-child(3) path.point")
-        assert len(points) == len(front)
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == len(state.trials)
+        points = assert_front_and_table(driver, front, len(state.trials))  # exactly the observed front, every trial
         # Filter and sort the table.
         failed = [t for t in state.trials.values() if t.status == "failed"]
         Select(driver.find_element(By.ID, "status-filter")).select_by_value("failed")

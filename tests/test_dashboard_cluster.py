@@ -17,7 +17,7 @@ from nas_operator.search.pareto import pareto_indices
 from nas_operator.storage.store import ConfigMapStore, FileStore
 from tests.k8s.cluster import ControlPlane
 
-from .browser import chromium, console_errors, wait_js
+from .browser import assert_front_and_table, chromium, console_errors, wait_js
 from .conftest import ROOT
 from .test_dashboard import Dashboard, run_experiment, toy_experiment
 
@@ -93,14 +93,7 @@ def test_the_page_shows_what_a_one_namespace_kubeconfig_may_read(
                 row = driver.find_element(By.CSS_SELECTOR, f'#experiments tr[data-key="{key}"]')
                 assert "Succeeded" in row.text and "theirs" not in driver.page_source
                 row.click()
-                wait_js(driver, "document.querySelector('#pair-0 .scatterlayer .trace') !== null")
-                plotted = driver.execute_script(
-                    "return document.getElementById('pair-0').data.find(t => t.name === 'Pareto front').customdata;"
-                )
-                assert sorted(plotted) == sorted(front)
-                points = driver.find_elements(By.CSS_SELECTOR, "#pair-0 .scatterlayer .trace:nth-child(3) path.point")
-                assert len(points) == len(front)
-                assert len(driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 8
+                points = assert_front_and_table(driver, front, 8)
                 ActionChains(driver).move_to_element(points[-1]).click().perform()
                 shown = int(wait_js(driver, "document.getElementById('trial-detail').dataset.index"))
                 assert shown in front

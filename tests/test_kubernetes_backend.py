@@ -438,14 +438,17 @@ def test_a_ready_pod_is_never_stuck_and_costs_no_pod_listing() -> None:
 # ------------------------------------------------------------------------------------ the test control plane
 
 
-def _wait(backend: KubernetesBackend, trial: TrialRecord, cluster: ControlPlane, timeout: float = 240) -> Observation:
+def wait_for_trial(
+    backend: KubernetesBackend, trial: TrialRecord, cluster: ControlPlane, timeout: float = 240
+) -> Observation:
+    """Poll the trial until the backend says it ended (shared with test_trial_jobs_cluster.py)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         observation = backend.poll(trial)
         if observation.status != "running":
             return observation
         time.sleep(0.5)
-    raise AssertionError(f"trial did not end; node agent log:\n{cluster.logs('node-agent')}")
+    raise AssertionError(f"trial {trial.name} did not end; node agent log:\n{cluster.logs('node-agent')}")
 
 
 def _backend(cluster: ControlPlane, namespace: str, spec: NASExperimentSpec, root: Path) -> KubernetesBackend:
@@ -464,7 +467,7 @@ def test_a_trial_job_writes_tensorboard_logs_to_the_shared_claim(
     trial.handle = backend.launch(_launch(backend, spec, trial))
     again = backend.launch(_launch(backend, spec, trial))  # a restart re-launching: adopted, same Job
     assert again["uid"] == trial.handle["uid"]
-    observation = _wait(backend, trial, cluster)
+    observation = wait_for_trial(backend, trial, cluster)
     assert observation.status == "succeeded", observation.message
     assert observation.log_dir is not None and observation.log_dir.parent == backend.log_dir("digits-mlp", trial.name)
     metrics = read_trial_metrics(spec, observation.log_dir, None)
@@ -482,7 +485,7 @@ def test_metrics_from_the_termination_message_without_shared_storage(
     backend = _backend(cluster, namespace, spec, tmp_path)
     trial = _trial(1)
     trial.handle = backend.launch(_launch(backend, spec, trial))
-    observation = _wait(backend, trial, cluster)
+    observation = wait_for_trial(backend, trial, cluster)
     assert observation.status == "succeeded", observation.message
     metrics = read_trial_metrics(spec, Path("/nonexistent"), observation.termination_message)
     assert metrics["num_params"] == 64 * 16 + 16 + 16 * 8 + 8 + 8 * 10 + 10
@@ -499,7 +502,7 @@ def test_a_failing_trial_reports_exit_code_and_output_and_a_deleted_job_is_missi
     backend = _backend(cluster, namespace, spec, tmp_path)
     trial = _trial(2)
     trial.handle = backend.launch(_launch(backend, spec, trial))
-    observation = _wait(backend, trial, cluster)
+    observation = wait_for_trial(backend, trial, cluster)
     assert observation.status == "failed" and observation.exit_code == 3
     assert "BackoffLimitExceeded" in observation.message and "boom 1" in observation.message
     backend.kill(trial)

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from nas_operator.backends.kubernetes import KubernetesBackend
 from nas_operator.cli import main as nasctl
 from nas_operator.cluster.controller import owner_reference
-from nas_operator.core.backend import LaunchError, Observation, TrialLaunch, render_launch
+from nas_operator.core.backend import LaunchError, TrialLaunch, render_launch
 from nas_operator.core.metrics import read_trial_metrics
 from nas_operator.core.state import TrialRecord
 from nas_operator.resource.policy import TrialPolicy
@@ -31,6 +31,7 @@ from tests.k8s.cluster import ControlPlane
 
 from .conftest import EXAMPLES, ROOT, load_yaml
 from .test_cluster import _pv_and_claim
+from .test_kubernetes_backend import wait_for_trial
 
 pytestmark = pytest.mark.cluster
 CRD = ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"
@@ -93,16 +94,6 @@ def _start(backend: KubernetesBackend, trial: TrialRecord) -> TrialRecord:
     trial.handle = backend.launch(_launch(backend, trial))
     trial.started_at = time.time()
     return trial
-
-
-def _wait(backend: KubernetesBackend, trial: TrialRecord, cluster: ControlPlane, timeout: float = 180) -> Observation:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        observation = backend.poll(trial)
-        if observation.status != "running":
-            return observation
-        time.sleep(0.5)
-    raise AssertionError(f"trial {trial.name} did not end; node agent log:\n{cluster.logs('node-agent')}")
 
 
 def _restricted(cluster: ControlPlane, namespace: str) -> None:
@@ -174,7 +165,7 @@ def test_a_pod_refused_by_admission_fails_the_trial_with_the_admission_message(
         policy=TrialPolicy(run_as_non_root=False, pending_timeout_seconds=5),
     )
     trial = _start(backend, _trial(0))
-    observation = _wait(backend, trial, cluster, timeout=60)
+    observation = wait_for_trial(backend, trial, cluster, timeout=60)
     assert observation.status == "failed"
     assert "FailedCreate" in observation.message and 'violates PodSecurity "restricted:latest"' in observation.message
     assert "runAsNonRoot" in observation.message
@@ -206,7 +197,7 @@ def test_two_namespaces_on_one_volume_each_read_only_their_own_trials(cluster: C
             )
             backends.append(backend)
             trials.append(_start(backend, _trial(0, hidden_size_1=hidden)))
-        observations = [_wait(b, t, cluster) for b, t in zip(backends, trials, strict=True)]
+        observations = [wait_for_trial(b, t, cluster, timeout=180) for b, t in zip(backends, trials, strict=True)]
         for backend, observation in zip(backends, observations, strict=True):
             assert observation.status == "succeeded", observation.message
             assert observation.log_dir is not None
@@ -246,7 +237,7 @@ def test_an_evicted_trial_pod_is_replaced_and_the_trial_does_not_fail(
     evicted = running[0].metadata.name
     body = client.V1Eviction(metadata=client.V1ObjectMeta(name=evicted, namespace=namespace))
     core.create_namespaced_pod_eviction(evicted, namespace, body)
-    observation = _wait(backend, trial, cluster, timeout=120)
+    observation = wait_for_trial(backend, trial, cluster, timeout=120)
     assert observation.status == "succeeded", observation.message
     job = client.BatchV1Api(api).read_namespaced_job(trial.name, namespace)
     assert job.spec.backoff_limit == 0 and not job.status.failed
@@ -270,7 +261,7 @@ def test_a_stuck_trial_fails_after_the_pending_timeout_with_the_pods_reason(
         _api(cluster), namespace, _spec(_termination_doc(**trial_fields)), metrics_root=tmp_path, policy=FAST
     )
     trial = _start(backend, _trial(0))
-    observation = _wait(backend, trial, cluster, timeout=60)
+    observation = wait_for_trial(backend, trial, cluster, timeout=60)
     assert observation.status == "failed"
     assert f": {reason}:" in observation.message and "not started after 5s" in observation.message
     assert time.time() - (trial.started_at or 0) < 40  # bounded: the pending timeout, not a trial timeout
