@@ -47,6 +47,11 @@ class FakeEngine:
     def abandon(self, index: int) -> None:
         self.statuses[index] = "ABANDONED"
 
+    def early_stop(self, index: int, projected: Mapping[str, float]) -> None:
+        assert self.statuses[index] == "RUNNING", (index, self.statuses[index])
+        self.statuses[index] = "EARLY_STOPPED"
+        self.completed[index] = dict(projected)
+
     def trial_statuses(self) -> dict[int, str]:
         return dict(self.statuses)
 
@@ -86,6 +91,9 @@ class FakeBackend:
 
     def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
         return str(self.log_dir(experiment, trial_name)), "/nonexistent"
+
+    def live_log_dir(self, experiment: str, trial: TrialRecord) -> Path | None:
+        return self.log_dir(experiment, trial.name)
 
     def launch(self, launch: TrialLaunch) -> dict[str, Any]:
         if launch.name in self.running:  # adopt: never a second copy

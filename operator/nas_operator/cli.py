@@ -331,7 +331,8 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
         return
     saved = stored.state
     counts = ", ".join(
-        f"{saved.count(kind)} {kind}" for kind in ("queued", "launching", "running", "succeeded", "failed", "stopped")
+        f"{saved.count(kind)} {kind}"
+        for kind in ("queued", "launching", "running", "succeeded", "failed", "stopped", "earlyStopped")
     )
     click.echo(f"  state in the {where}: {len(saved.trials)} trials ({counts})")
 

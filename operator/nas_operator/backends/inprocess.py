@@ -39,6 +39,9 @@ class InProcessBackend:
         path = str(self.log_dir(experiment, trial_name))
         return path, path
 
+    def live_log_dir(self, experiment: str, trial: TrialRecord) -> Path | None:
+        return self.log_dir(experiment, trial.name)
+
     def launch(self, launch: TrialLaunch) -> dict[str, Any]:
         key = f"{launch.name}#{launch.attempt}"
         with self._lock:

@@ -35,6 +35,7 @@ from typing import Any
 from urllib3.exceptions import HTTPError as ConnectionFailure
 
 from nas_operator.core.backend import LaunchError, Observation, TransientLaunchError, TrialLaunch
+from nas_operator.core.progress import newest_subdirectory
 from nas_operator.core.state import TrialRecord
 from nas_operator.resource.policy import TrialPolicy, check_policy
 from nas_operator.resource.quantities import cpu_cores, memory_bytes, parse_quantity
@@ -313,6 +314,10 @@ class KubernetesBackend:
     def log_dir(self, experiment: str, trial_name: str) -> Path:
         """The trial's directory; each of its pods writes in a subdirectory named after the pod."""
         return self.metrics_root / experiment_path(self.namespace, experiment, self.experiment_uid) / trial_name
+
+    def live_log_dir(self, experiment: str, trial: TrialRecord) -> Path | None:
+        """The directory of the trial's newest pod (a retried pod starts a new one; no API call needed)."""
+        return newest_subdirectory(self.log_dir(experiment, trial.name))
 
     def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
         return TRIAL_LOG_MOUNT, TRIAL_LOG_MOUNT

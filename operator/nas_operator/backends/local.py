@@ -139,6 +139,10 @@ class LocalBackend:
     def log_dir(self, experiment: str, trial_name: str) -> Path:
         return self.results_dir / "tensorboard" / trial_name
 
+    def live_log_dir(self, experiment: str, trial: TrialRecord) -> Path | None:
+        log_dir = trial.handle.get("log_dir")
+        return Path(log_dir) if log_dir else None
+
     def trial_dir(self, trial_name: str) -> Path:
         return self.results_dir / "trials" / trial_name
 

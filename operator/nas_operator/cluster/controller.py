@@ -43,7 +43,12 @@ from nas_operator.storage.store_sql import SQLStore
 log = logging.getLogger(__name__)
 # After consecutive failed steps: retry at once, then back off 2, 4, ... up to this many seconds.
 FAILED_STEP_BACKOFF_MAX = 60.0
-TRIAL_OUTCOMES = {"TrialSucceeded": "succeeded", "TrialFailed": "failed", "TrialStopped": "stopped"}
+TRIAL_OUTCOMES = {
+    "TrialSucceeded": "succeeded",
+    "TrialFailed": "failed",
+    "TrialStopped": "stopped",
+    "TrialEarlyStopped": "early_stopped",
+}
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from nas_operator.resource.spec import NASExperimentStatus
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
-TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped")
+TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped", "early_stopped")
+TRIAL_OUTCOMES = ("succeeded", "failed", "stopped", "early_stopped")
 # Trainings take minutes to hours; generation from sub-second (Sobol) to minutes (qNEHVI, many observations).
 TRIAL_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
@@ -58,6 +59,12 @@ class Telemetry:
             labels,
             registry=self.registry,
         )
+        self.seconds_saved = Gauge(
+            "nas_training_seconds_saved",
+            "Training time early stopping is estimated to have saved (stopped trials' time scaled to a full run)",
+            labels,
+            registry=self.registry,
+        )
         self.pareto_size = Gauge(
             "nas_pareto_front_size", "Trials on the observed Pareto front", labels, registry=self.registry
         )
@@ -82,12 +89,14 @@ class Telemetry:
         counts = status.trials
         for state, value in zip(
             TRIAL_STATES,
-            (counts.pending, counts.running, counts.succeeded, counts.failed, counts.stopped),
+            (counts.pending, counts.running, counts.succeeded, counts.failed, counts.stopped, counts.early_stopped),
             strict=True,
         ):
             self.trials.labels(**labels, state=state).set(value)
         if status.hypervolume is not None:
             self.hypervolume.labels(**labels).set(status.hypervolume)
+        if status.training_seconds_saved is not None:
+            self.seconds_saved.labels(**labels).set(status.training_seconds_saved)
         self.pareto_size.labels(**labels).set(status.pareto_size or 0)
         if state_bytes:
             self.state_bytes.labels(**labels).set(state_bytes)
@@ -122,10 +131,11 @@ class Telemetry:
 
     def _labelled(self) -> Iterable[tuple[Gauge | Counter | Histogram, list[tuple[str, ...]]]]:
         yield self.trials, [(state,) for state in TRIAL_STATES]
-        yield self.trial_duration, [("succeeded",), ("failed",), ("stopped",)]
+        yield self.trial_duration, [(outcome,) for outcome in TRIAL_OUTCOMES]
         for metric in (
             self.generation,
             self.hypervolume,
+            self.seconds_saved,
             self.pareto_size,
             self.state_bytes,
             self.reconcile_errors,

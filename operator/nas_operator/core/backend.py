@@ -80,6 +80,10 @@ class Backend(Protocol):
         """Where this process can read the trial's TensorBoard logs."""
         ...
 
+    def live_log_dir(self, experiment: str, trial: TrialRecord) -> Path | None:
+        """Where the running attempt of the trial writes its logs now (for partial curves); None if not known yet."""
+        ...
+
     def trial_paths(self, experiment: str, trial_name: str) -> tuple[str, str]:
         """({log_dir}, {trial_dir}) as the trial itself sees them (inside its container, say)."""
         ...

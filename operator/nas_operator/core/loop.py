@@ -16,6 +16,11 @@ Persistence rules that make restarts safe:
   `launching` go back to `queued` before the error leaves the step), so the store never lags
   behind the cluster.
 
+Early stopping (spec.earlyStopping): each running trial's partial curves are read incrementally
+at every step (core/progress.py) and judged by search/stopping_rule.py; a trial the rule stops is
+recorded `earlyStopped` with `stop_pending` before it is killed, and the kill is retried at every
+step until it went through, so neither a crash nor a refused delete leaves it running unrecorded.
+
 A trial's own troubles stay the trial's: a metrics reader that raises, a launch refused for
 good, a Job that belongs to someone else fail that trial with the reason; errors worth
 retrying (the API server throttling or failing) keep it `launching` and retry with backoff.
@@ -27,15 +32,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from nas_operator.core.backend import Backend, LaunchError, Observation, TransientLaunchError, render_launch
 from nas_operator.core.faults import crash_point
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
+from nas_operator.core.progress import ReferenceCurves, RunningCurves
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
 from nas_operator.resource.spec import NASExperimentSpec
 from nas_operator.resource.spec_checks import parse_duration
 from nas_operator.search.engine import Engine
+from nas_operator.search.stopping_rule import Reference, Verdict, judge
 from nas_operator.search.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,8 @@ def reconcile_engine(engine: Engine, state: LoopState) -> int:
             engine.fail(index, trial.reason)
         elif trial.status == "stopped":
             engine.abandon(index)
+        elif trial.status == "earlyStopped":
+            engine.early_stop(index, trial.projected)
         else:
             continue
         fixes += 1
@@ -118,6 +128,9 @@ class ExperimentLoop:
         self.last_engine_error = ""
         self._dirty = False
         self._concluded = False
+        self._running_curves: RunningCurves | None = None
+        self._reference_curves: ReferenceCurves | None = None
+        self._judged_at: dict[str, float] = {}  # trial -> progression of its last decision (in memory only)
         now = clock()
         if state.started_at is None:
             state.started_at = now
@@ -210,9 +223,12 @@ class ExperimentLoop:
         return changed
 
     def _observe(self, now: float) -> bool:
-        changed = False
+        changed = self._finish_pending_stops()
         timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
-        for trial in self.state.by_status("running"):
+        running = self.state.by_status("running")
+        if self._running_curves is not None:
+            self._running_curves.keep_only(t.name for t in running)
+        for trial in running:
             observation = self.backend.poll(trial)
             if observation.handle is not None:
                 trial.handle = observation.handle
@@ -225,6 +241,8 @@ class ExperimentLoop:
                     self.backend.kill(trial)
                     self._finish_trial(trial, "failed", now, reason=f"timed out after {timeout:g}s and was killed")
                     changed = True
+                else:
+                    changed |= self._consider_stopping(trial, now)
                 continue
             self._conclude(trial, observation, now)
             changed = True
@@ -242,6 +260,8 @@ class ExperimentLoop:
                 log.exception("reading the metrics of %s failed", trial.name)
                 self._finish_trial(trial, "failed", now, reason=f"metrics: unreadable: {type(exc).__name__}: {exc}")
             else:
+                if observation.log_dir is not None:  # where its curves are, should it serve as a stopping reference
+                    trial.handle = {**trial.handle, "metrics_dir": str(observation.log_dir)}
                 self._finish_trial(trial, "succeeded", now, metrics=metrics)
         elif observation.status == "missing":
             self._finish_trial(trial, "failed", now, reason=f"trial vanished: {observation.message}")
@@ -271,6 +291,97 @@ class ExperimentLoop:
         else:
             self.worker.abandon(trial.index)
             self._emit("TrialStopped", reason, trial.name)
+
+    # ------------------------------------------------------------------ early stopping
+
+    def _consider_stopping(self, trial: TrialRecord, now: float) -> bool:
+        """Read the trial's new curve points and stop it if the rule says it is hopeless; never raises."""
+        rule = self.spec.early_stopping
+        if rule is None:
+            return False
+        if self._running_curves is None or self._running_curves.rule != rule:
+            self._running_curves = RunningCurves(self.spec, rule)
+            self._reference_curves = ReferenceCurves(self.spec, rule)
+        try:
+            log_dir = self.backend.live_log_dir(self.state.experiment, trial)
+            curves = self._running_curves.update(trial.name, log_dir) if log_dir is not None else None
+            if curves is None:
+                return False
+            last = self._judged_at.get(trial.name)
+            if last is not None and curves.progression < last + (rule.decision_interval or 0.0):
+                return False
+            if last is not None and curves.progression <= last:
+                return False
+            verdict = judge(self.spec, rule, curves, self._references(), self.state.results())
+        except Exception:  # a reader or rule bug must not stop the loop: the trial simply runs on
+            log.exception("judging %s for early stopping failed", trial.name)
+            return False
+        if not verdict.judged:
+            return False  # judged again at the next step: references may have arrived
+        self._judged_at[trial.name] = verdict.progression
+        if not verdict.stop:
+            return False
+        self._stop_early(trial, verdict, now)
+        return True
+
+    def _references(self) -> list[Reference]:
+        assert self._reference_curves is not None
+        references = []
+        for trial in self.state.by_status("succeeded"):
+            log_dir = trial.handle.get("metrics_dir") or trial.handle.get("log_dir")
+            path = Path(log_dir) if log_dir else self.backend.log_dir(self.state.experiment, trial.name)
+            curves = self._reference_curves.get(trial.index, path)
+            if curves is not None:
+                references.append(Reference(trial.index, curves, trial.metrics))
+        return references
+
+    def _stop_early(self, trial: TrialRecord, verdict: Verdict, now: float) -> None:
+        """Record the decision (stop pending), save it, then kill: a crash in between kills it at the next step."""
+        before = (trial.status, trial.handle, trial.finished_at, trial.reason, trial.metrics)
+        trial.status = "earlyStopped"
+        trial.finished_at = now
+        trial.reason = f"stopped early {verdict.reason}"
+        trial.metrics = dict(verdict.observed)
+        trial.progression = verdict.progression
+        trial.projected = dict(verdict.projected)
+        trial.saved_seconds = self._saved_seconds(trial, verdict.progression)
+        trial.handle = {**trial.handle, "stop_pending": True}
+        try:
+            self.persist("early-stop")
+        except BaseException:  # fail closed: what the store does not hold was never decided
+            trial.status, trial.handle, trial.finished_at, trial.reason, trial.metrics = before
+            trial.progression, trial.projected, trial.saved_seconds = None, {}, 0.0
+            raise
+        self._concluded = True
+        self.worker.early_stop(trial.index, trial.projected)
+        self._emit("TrialEarlyStopped", trial.reason, trial.name)
+        self._judged_at.pop(trial.name, None)
+        self._finish_pending_stops()
+
+    def _finish_pending_stops(self) -> bool:
+        """Kill early-stopped trials whose kill has not gone through yet (refused, or a crash came first)."""
+        changed = False
+        for trial in self.state.by_status("earlyStopped"):
+            if not trial.handle.get("stop_pending"):
+                continue
+            try:
+                self.backend.kill(trial)
+            except Exception as exc:
+                log.warning("killing early-stopped trial %s failed (retried at the next step): %s", trial.name, exc)
+                continue
+            trial.handle = {k: v for k, v in trial.handle.items() if k != "stop_pending"}
+            self._dirty = changed = True
+        return changed
+
+    def _saved_seconds(self, trial: TrialRecord, progression: float) -> float:
+        """Training time the stop saved (an estimate): its time so far, scaled to the median reference's progression."""
+        if trial.started_at is None or progression <= 0:
+            return 0.0
+        finals = sorted(r.curves.progression for r in self._references() if r.curves.progression > progression)
+        if not finals:
+            return 0.0
+        median = finals[len(finals) // 2]
+        return max(0.0, (trial.finished_at or self.clock()) - trial.started_at) * (median / progression - 1.0)
 
     def _launch_pending_launches(self) -> bool:
         """Trials marked `launching` but not started: a crash in between, or a launch the API refused for now.

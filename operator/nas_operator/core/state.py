@@ -5,10 +5,12 @@ engine is a model fed from it. Keeping it separate lets the loop record a finish
 while the engine is busy generating, and lets a restart tell exactly which trials were
 launched (never launch one twice) and which results exist (never lose one).
 
-Trial lifecycle:  queued -> launching -> running -> succeeded | failed | stopped
+Trial lifecycle:  queued -> launching -> running -> succeeded | failed | stopped | earlyStopped
 `queued` trials exist in the engine (as pending) but have not been started; `launching` is
 written to the store before the backend is asked to start the trial, so a crash between
-the two is resolved by asking the backend whether the trial exists.
+the two is resolved by asking the backend whether the trial exists. `earlyStopped` is written
+(with `stop_pending` in the handle) before the trial is killed, so a crash in between kills it
+at the next step instead of letting it run on unrecorded.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from typing import Any, Literal
 
 from nas_operator.resource.spec import NASExperimentSpec
 
-TrialStatus = Literal["queued", "launching", "running", "succeeded", "failed", "stopped"]
+TrialStatus = Literal["queued", "launching", "running", "succeeded", "failed", "stopped", "earlyStopped"]
 ACTIVE: frozenset[str] = frozenset({"launching", "running"})
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped"})
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "earlyStopped"})
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
 # 2: the experiment's uid is recorded (format 1 states have none and are adopted by the first experiment that reads
-# them, which then records its uid).
-STATE_FORMAT = 2
-READABLE_FORMATS = frozenset({1, 2})
+# them, which then records its uid). 3: trials may be earlyStopped, with progression, projected and saved_seconds
+# (an older operator refuses such a state by its format instead of failing on the new fields).
+STATE_FORMAT = 3
+READABLE_FORMATS = frozenset({1, 2, 3})
 
 
 @dataclass
@@ -44,6 +47,12 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     handle: dict[str, Any] = field(default_factory=dict)
+    # earlyStopped trials: how far training got, the metrics measured there (in `metrics`), the favourable end of
+    # their plausible finals that the model was given (`projected`), and the training time the stop is estimated to
+    # have saved.
+    progression: float | None = None
+    projected: dict[str, float] = field(default_factory=dict)
+    saved_seconds: float = 0.0
 
     @property
     def duration(self) -> float | None:

@@ -24,7 +24,13 @@ def trial_counts(state: LoopState) -> TrialCounts:
         succeeded=state.count("succeeded"),
         failed=state.count("failed"),
         stopped=state.count("stopped"),
+        early_stopped=state.count("earlyStopped"),
     )
+
+
+def training_seconds_saved(state: LoopState) -> float:
+    """Estimated training time not spent thanks to early stopping (each stopped trial's estimate, summed)."""
+    return round(sum(t.saved_seconds for t in state.by_status("earlyStopped")), 1)
 
 
 def pareto_front(spec: NASExperimentSpec, state: LoopState) -> list[ParetoPoint]:
@@ -80,6 +86,7 @@ def build_status(
         pareto_front=front,
         pareto_size=len(front),
         hypervolume=hypervolume(spec, state.results()) if state.results() else None,
+        training_seconds_saved=training_seconds_saved(state) if spec.early_stopping is not None else None,
         started_at=timestamp(state.started_at),
         finished_at=timestamp(state.finished_at),
     )

@@ -49,7 +49,18 @@ def write_trials_csv(spec: NASExperimentSpec, state: LoopState, directory: Path)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["index", "trial", "status", "generator", "pareto", *parameters, *metrics, "duration_s", "reason"]
+            [
+                "index",
+                "trial",
+                "status",
+                "generator",
+                "pareto",
+                *parameters,
+                *metrics,
+                "progression",
+                "duration_s",
+                "reason",
+            ]
         )
         for index, trial in sorted(state.trials.items()):
             duration = trial.duration
@@ -62,6 +73,7 @@ def write_trials_csv(spec: NASExperimentSpec, state: LoopState, directory: Path)
                     index in front,
                     *[trial.parameters.get(p, "") for p in parameters],
                     *[trial.metrics.get(m, "") for m in metrics],
+                    "" if trial.progression is None else f"{trial.progression:g}",
                     "" if duration is None else f"{duration:.1f}",
                     trial.reason.replace("\n", " | ")[:500],
                 ]
@@ -74,6 +86,11 @@ def _plot_rows(spec: NASExperimentSpec, state: LoopState) -> list[tuple[int, dic
     results = state.results()
     front = set(pareto_indices(spec, results))
     return [(i, m, feasible(spec, m), i in front) for i, m in sorted(results.items())]
+
+
+def _stopped_early(state: LoopState, x: str, y: str) -> list[tuple[float, float]]:
+    """Early-stopped trials at the values they had when stopped (only those that had logged both metrics)."""
+    return [(t.metrics[x], t.metrics[y]) for t in state.by_status("earlyStopped") if x in t.metrics and y in t.metrics]
 
 
 def _staircase(front: list[tuple[float, float]], x_min: bool, y_min: bool) -> list[tuple[float, float]]:
@@ -111,6 +128,16 @@ def plot_pareto_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Pa
             s=30,
             label="within thresholds",
         )
+        stopped = _stopped_early(state, oa.metric, ob.metric)
+        if stopped:
+            ax.scatter(
+                [p[0] for p in stopped],
+                [p[1] for p in stopped],
+                marker="x",
+                c="darkorange",
+                s=26,
+                label="stopped early (when stopped)",
+            )
         front = sorted((xs[k], ys[k]) for k, r in enumerate(rows) if r[3])
         if front and len(pairs) == 1:
             line = _staircase(front, oa.minimize, ob.minimize)
@@ -172,6 +199,20 @@ def plot_pareto_html(spec: NASExperimentSpec, state: LoopState, path: Path) -> P
                     marker=style,
                     text=hover,
                     hoverinfo="text",
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+        stopped = _stopped_early(state, oa.metric, ob.metric)
+        if stopped:
+            figure.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in stopped],
+                    y=[p[1] for p in stopped],
+                    mode="markers",
+                    name="stopped early (when stopped)",
+                    marker={"color": "darkorange", "symbol": "x"},
                     showlegend=col == 1,
                 ),
                 row=1,

@@ -209,7 +209,7 @@ def run_local(
         with progress, _sigterm_as_interrupt():
             while not loop.finished:
                 loop.step()
-                done = state.count("succeeded", "failed", "stopped")
+                done = state.count("succeeded", "failed", "stopped", "earlyStopped")
                 progress.update(task, completed=done, detail=_detail(loop))
                 if not loop.finished:
                     time.sleep(POLL_SECONDS)
@@ -236,6 +236,8 @@ def _detail(loop: ExperimentLoop) -> str:
         f"ok {state.count('succeeded')}",
         f"failed {state.count('failed')}",
     ]
+    if state.count("earlyStopped"):
+        parts.append(f"stopped early {state.count('earlyStopped')}")
     results = state.results()
     if results:
         parts.append(f"front {len(pareto_front(loop.spec, state))}")

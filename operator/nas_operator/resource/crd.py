@@ -149,6 +149,12 @@ PRINTER_COLUMNS = [
     {"name": "Running", "type": "integer", "jsonPath": ".status.trials.running"},
     {"name": "Succeeded", "type": "integer", "jsonPath": ".status.trials.succeeded", "priority": 1},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.trials.failed"},
+    {
+        "name": "EarlyStop",
+        "type": "integer",
+        "jsonPath": ".status.trials.earlyStopped",
+        "description": "trials stopped early from their learning curves",
+    },
     {"name": "Pareto", "type": "integer", "jsonPath": ".status.paretoSize", "description": "trials on the front"},
     {"name": "Hypervolume", "type": "number", "jsonPath": ".status.hypervolume"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},

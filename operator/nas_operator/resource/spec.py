@@ -261,6 +261,37 @@ class Storage(SpecModel):
     secret_ref: SecretKeyRef | None = Field(default=None, description="sql only: Secret key holding the URL.")
 
 
+class EarlyStopping(SpecModel):
+    """When a running trial may be stopped from its partial learning curves (off unless this block is given).
+
+    A trial is stopped only when, at its current progression, even the largest improvement that a finished trial
+    made after the same progression would not bring it inside every objective threshold and outcome constraint, or
+    would leave it dominated by a trial already measured (it could add no hypervolume). docs/early-stopping.md says
+    why that is sound and where it can be wrong.
+    """
+
+    progression: Annotated[str, Field(max_length=L.MAX_TAG_LENGTH, min_length=1)] = Field(
+        default="step",
+        description='What measures training progress: "step" (the TensorBoard step of the metrics) or a scalar tag '
+        'the trial logs, such as "epoch".',
+    )
+    min_progression: float = Field(
+        ge=0, le=L.MAX_ABS_BOUND, description="No trial is judged before it has reached this progression."
+    )
+    decision_interval: float | None = Field(
+        default=None,
+        gt=0,
+        le=L.MAX_ABS_BOUND,
+        description="Progression between two decisions on one trial (default: decide whenever it has progressed).",
+    )
+    min_reference_trials: int = Field(
+        default=3,
+        ge=1,
+        le=L.MAX_TRIALS,
+        description="Trials that must have finished their training, curves read, before any trial is judged.",
+    )
+
+
 class NASExperimentSpec(SpecModel):
     parameters: list[Parameter] = Field(min_length=1, max_length=L.MAX_PARAMETERS)
     parameter_constraints: list[Constraint] = Field(
@@ -279,6 +310,9 @@ class NASExperimentSpec(SpecModel):
     trial: TrialTemplate
     metrics: MetricsSource = Field(default_factory=MetricsSource)
     storage: Storage = Field(default_factory=Storage)
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="Stop hopeless trials from their partial learning curves (off by default)."
+    )
     suspend: bool = Field(default=False, description="Stop launching trials; running ones finish.")
 
 
@@ -319,6 +353,7 @@ class TrialCounts(SpecModel):
     succeeded: int = 0
     failed: int = 0
     stopped: int = 0
+    early_stopped: int = 0
 
 
 class ParetoPoint(SpecModel):
@@ -341,5 +376,8 @@ class NASExperimentStatus(SpecModel):
     pareto_front: list[ParetoPoint] = Field(default_factory=list)
     pareto_size: int = 0
     hypervolume: float | None = None
+    training_seconds_saved: float | None = Field(
+        default=None, description="Training time early stopping is estimated to have saved, in seconds."
+    )
     started_at: str | None = None
     finished_at: str | None = None

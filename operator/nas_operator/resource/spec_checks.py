@@ -476,7 +476,22 @@ def check_spec(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:
         *_check_metrics(spec, root),
         *_check_budget(spec, root),
         *_check_trial(spec, root),
+        *_check_early_stopping(spec, root),
     ]
+
+
+def _check_early_stopping(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
+    rule = spec.early_stopping
+    if rule is None:
+        return
+    if spec.metrics.source != "tensorboard":
+        yield Problem(
+            f"{root}.earlyStopping",
+            "needs learning curves, which only the tensorboard metrics source has: a termination message arrives "
+            "when the trial has ended (use metrics.source: tensorboard, or remove earlyStopping)",
+        )
+    if rule.decision_interval is not None and rule.progression == "step" and rule.decision_interval < 1:
+        yield Problem(f"{root}.earlyStopping.decisionInterval", "must be at least 1 when the progression is the step")
 
 
 def check_cluster(spec: NASExperimentSpec, root: str = "spec") -> list[Problem]:

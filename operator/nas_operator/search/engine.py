@@ -226,6 +226,23 @@ class Engine:
         with _quiet_ax():
             self._client.complete_trial(trial_index=index, raw_data=data)
 
+    def early_stop(self, index: int, projected: Mapping[str, float]) -> None:
+        """Ax's EARLY_STOPPED status, with the favourable end of the trial's plausible finals as its data.
+
+        Not the values measured at the stopping point: those understate what the configuration reaches (it stopped
+        early), and a model fed them would rank the region below what finished trials there achieve. The optimistic
+        projection is, by the stopping rule, still dominated or outside the thresholds, so the acquisition sees no
+        gain there and does not propose the region again, without being told it is worse than the evidence says.
+        Metrics not logged yet are left out (the model then has no data for them from this trial).
+        """
+        data = {name: float(projected[name]) for name in self._metrics if name in projected}
+        with _quiet_ax():
+            if not data:  # nothing to fit (Ax asks for abandoned then): the trial is only kept from being re-proposed
+                self._client.mark_trial_abandoned(trial_index=index)
+                return
+            self._client.attach_data(trial_index=index, raw_data=data)
+            self._client.mark_trial_early_stopped(trial_index=index)
+
     def fail(self, index: int, reason: str) -> None:
         with _quiet_ax():
             self._client.mark_trial_failed(trial_index=index, failed_reason=reason[:1000])

@@ -39,7 +39,7 @@ class WorkerOutput:
 
 @dataclass
 class _Op:
-    kind: str  # complete | fail | abandon | generate
+    kind: str  # complete | fail | abandon | early_stop | generate
     index: int = -1
     metrics: Mapping[str, float] | None = None
     reason: str = ""
@@ -69,6 +69,9 @@ class InlineEngineWorker:
 
     def abandon(self, index: int) -> None:
         self._apply(_Op("abandon", index))
+
+    def early_stop(self, index: int, projected: Mapping[str, float]) -> None:
+        self._apply(_Op("early_stop", index, metrics=projected))
 
     def request(self, count: int) -> None:
         self._apply(_Op("generate", count=count))
@@ -105,6 +108,9 @@ def _run_op(
         engine.fail(op.index, op.reason)
     elif op.kind == "abandon":
         engine.abandon(op.index)
+    elif op.kind == "early_stop":
+        assert op.metrics is not None
+        engine.early_stop(op.index, op.metrics)
     elif op.kind == "generate":
         start = time.perf_counter()
         candidates = engine.generate(op.count)
@@ -143,6 +149,9 @@ class ThreadedEngineWorker:
 
     def abandon(self, index: int) -> None:
         self._queue.put(_Op("abandon", index))
+
+    def early_stop(self, index: int, projected: Mapping[str, float]) -> None:
+        self._queue.put(_Op("early_stop", index, metrics=dict(projected)))
 
     def request(self, count: int) -> None:
         with self._lock:

@@ -1,0 +1,266 @@
+"""The early-stopping rule: may a running trial be stopped, given its partial curves and the finished trials?
+
+Multi-objective on purpose. A single-metric rule (Ax's percentile strategy on the first objective, Katib's median
+rule, Optuna's pruners) stops every trial whose accuracy trails, which is exactly the small, fast model that makes the
+cheap end of a Pareto front. Here every objective is judged at once, and a trial is stopped only when even its *best
+plausible* final point is useless:
+
+- the best plausible final value of a metric is its value now plus the largest improvement any finished reference
+  trial made after the same progression (never less than no improvement); a metric logged once at the start (the
+  parameter count) has no later improvement in any reference, so it counts at its full, final value; a metric the
+  trial has not logged yet is unknown, and an unknown metric is taken as arbitrarily good;
+- the trial is stopped when that optimistic point misses an objective threshold or an outcome constraint, or is
+  weakly dominated by a feasible trial already measured. A point weakly dominated by one measured point adds no
+  hypervolume to the measured front, whatever the reference point, and the measured front only grows.
+
+So the rule is sound as far as the references are representative: it can be wrong for a trial that would improve
+after progression p by more than every finished trial did (a slow starter, a longer schedule than any reference, a
+noisy `last` value). docs/early-stopping.md measures and discusses this. Pure numpy, no Ax, no I/O: core/progress.py
+turns TensorBoard curves into the `TrialCurves` judged here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nas_operator.resource.spec import EarlyStopping, NASExperimentSpec
+from nas_operator.resource.spec_checks import parse_outcome_constraint
+from nas_operator.search.pareto import feasible
+
+MAX_CURVE_POINTS = 256
+"""Points kept per metric of a reference trial: what a gain needs is the running value at each progression, and an
+evenly thinned curve of that many points bounds a finished trial's memory however long it logged."""
+
+
+@dataclass(frozen=True)
+class MetricCurve:
+    """One metric of one trial: its value, as the metric's reduction sees it so far, at increasing progressions.
+
+    `values[k]` is the reduced value (last, max or min) over every point up to `progressions[k]`, so looking it up at
+    any progression gives what the trial would have reported had it stopped there.
+    """
+
+    progressions: tuple[float, ...]
+    values: tuple[float, ...]
+
+    @classmethod
+    def from_points(cls, points: Sequence[tuple[float, float]], reduce: str) -> MetricCurve:
+        """From (progression, value) points in the order they were logged; NaN values are skipped by max and min."""
+        ordered = sorted(enumerate(points), key=lambda item: (item[1][0], item[0]))
+        progressions: list[float] = []
+        values: list[float] = []
+        running = math.nan
+        for _, (progression, value) in ordered:
+            if reduce == "max":
+                running = value if math.isnan(running) else (running if math.isnan(value) else max(running, value))
+            elif reduce == "min":
+                running = value if math.isnan(running) else (running if math.isnan(value) else min(running, value))
+            else:
+                running = value
+            if progressions and progressions[-1] == progression:
+                values[-1] = running
+            else:
+                progressions.append(float(progression))
+                values.append(running)
+        if len(progressions) > MAX_CURVE_POINTS:  # even thinning, always keeping the last point
+            stride = math.ceil(len(progressions) / MAX_CURVE_POINTS)
+            keep = sorted({*range(0, len(progressions), stride), len(progressions) - 1})
+            progressions = [progressions[k] for k in keep]
+            values = [values[k] for k in keep]
+        return cls(tuple(progressions), tuple(values))
+
+    def at(self, progression: float) -> float | None:
+        """The value at the last logged progression not after `progression`; None before the first point."""
+        k = bisect.bisect_right(self.progressions, progression)
+        return self.values[k - 1] if k else None
+
+    @property
+    def final(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+
+@dataclass(frozen=True)
+class TrialCurves:
+    """What is known of one trial's training: how far it got and each metric's curve."""
+
+    progression: float
+    metrics: Mapping[str, MetricCurve] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A trial that finished its training: its curves, and the final metrics the loop recorded."""
+
+    index: int
+    curves: TrialCurves
+    final: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The rule's answer for one trial at one progression.
+
+    `observed` holds each metric known so far as measured at this progression; `projected` the end of its plausible
+    range that favours the trial: what the model is told about a stopped trial. `judged` is False when no decision
+    could be made yet (and `reason` says why).
+    """
+
+    stop: bool
+    judged: bool
+    progression: float
+    reason: str
+    projected: dict[str, float] = field(default_factory=dict)
+    observed: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The plausible final values of one metric: its value now moved by the smallest and largest later change."""
+
+    now: float
+    low: float
+    high: float
+    references: int
+
+    def best(self, larger_is_better: bool) -> float:
+        return self.high if larger_is_better else self.low
+
+
+def judge(
+    spec: NASExperimentSpec,
+    rule: EarlyStopping,
+    trial: TrialCurves,
+    references: Sequence[Reference],
+    measured: Mapping[int, Mapping[str, float]],
+) -> Verdict:
+    """Whether `trial` should be stopped now. `measured` holds the final metrics of succeeded trials (by index)."""
+    p = trial.progression
+    if p < rule.min_progression:
+        return Verdict(False, False, p, f"progression {p:g} is below minProgression {rule.min_progression:g}")
+    reached = [r for r in references if r.curves.progression >= p]
+    if len(reached) < rule.min_reference_trials:
+        return Verdict(
+            False,
+            False,
+            p,
+            f"{len(reached)} finished trial(s) reached progression {p:g}; minReferenceTrials is "
+            f"{rule.min_reference_trials}",
+        )
+    directions = _directions(spec)
+    ranges = {metric: _plausible_range(metric, trial, reached, p) for metric in directions}
+    projected = {metric: span.best(directions[metric]) for metric, span in ranges.items() if span is not None}
+    observed = {metric: span.now for metric, span in ranges.items() if span is not None}
+    where = f"at {_progression_name(rule)} {p:g}"
+    missed = _missed_bound(spec, ranges)
+    if missed:
+        return Verdict(True, True, p, f"{where}, {missed}", projected, observed)
+    dominating = _dominating_trial(spec, ranges, measured)
+    if dominating is not None:
+        index, metrics = dominating
+        best = ", ".join(_shown(o.metric, ranges[o.metric], o.minimize) for o in spec.objectives)
+        theirs = ", ".join(f"{o.metric}={metrics[o.metric]:.4g}" for o in spec.objectives)
+        return Verdict(
+            True,
+            True,
+            p,
+            f"{where}, even its best projection ({best}; from {len(reached)} finished trials) is dominated by "
+            f"trial {index} ({theirs}): it cannot add hypervolume",
+            projected,
+            observed,
+        )
+    return Verdict(False, True, p, f"{where}, it may still reach the front", projected, observed)
+
+
+def _progression_name(rule: EarlyStopping) -> str:
+    return rule.progression
+
+
+def _directions(spec: NASExperimentSpec) -> dict[str, bool]:
+    """Metric -> whether larger is better, for every objective and constrained metric."""
+    directions = {o.metric: not o.minimize for o in spec.objectives}
+    for text in spec.outcome_constraints:
+        constraint = parse_outcome_constraint(text)
+        directions.setdefault(constraint.metric, constraint.op == ">=")
+    return directions
+
+
+def _plausible_range(metric: str, trial: TrialCurves, references: Sequence[Reference], p: float) -> _Range | None:
+    """None when the trial has not logged the metric yet (then it may end anywhere)."""
+    curve = trial.metrics.get(metric)
+    now = curve.at(p) if curve is not None else None
+    if now is None or not math.isfinite(now):
+        return None
+    changes = [0.0]
+    for reference in references:
+        theirs = reference.curves.metrics.get(metric)
+        then = theirs.at(p) if theirs is not None else None
+        final = reference.final.get(metric)
+        if then is None or final is None or not (math.isfinite(then) and math.isfinite(final)):
+            continue
+        changes.append(final - then)
+    return _Range(now, now + min(changes), now + max(changes), len(changes) - 1)
+
+
+def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) -> str:
+    """The first threshold or constraint even the favourable end of a range misses, as a sentence; "" if none."""
+    for objective in spec.objectives:
+        span = ranges.get(objective.metric)
+        if objective.threshold is None or span is None:
+            continue
+        best = span.best(not objective.minimize)
+        if (objective.minimize and best > objective.threshold) or (
+            not objective.minimize and best < objective.threshold
+        ):
+            word = "at least" if objective.minimize else "at most"
+            return (
+                f"{objective.metric} can reach {word} {best:.4g} (now {span.now:.4g}, changes after this point in "
+                f"{span.references} finished trials) and misses its threshold {objective.threshold:g}"
+            )
+    for text in spec.outcome_constraints:
+        constraint = parse_outcome_constraint(text)
+        span = ranges.get(constraint.metric)
+        if span is None:
+            continue
+        if (constraint.op == "<=" and span.low > constraint.bound) or (
+            constraint.op == ">=" and span.high < constraint.bound
+        ):
+            best = span.low if constraint.op == "<=" else span.high
+            return (
+                f"{constraint.metric} can reach {best:.4g} at best (now {span.now:.4g}) and breaks the outcome "
+                f"constraint {constraint.metric} {constraint.op} {constraint.bound:g}"
+            )
+    return ""
+
+
+def _dominating_trial(
+    spec: NASExperimentSpec,
+    ranges: Mapping[str, _Range | None],
+    measured: Mapping[int, Mapping[str, float]],
+) -> tuple[int, Mapping[str, float]] | None:
+    """A feasible measured trial at least as good as the optimistic point in every objective, if any."""
+    optimistic = []
+    for objective in spec.objectives:
+        span = ranges.get(objective.metric)
+        if span is None:
+            return None  # an objective not known yet may end anywhere: nothing can dominate it
+        optimistic.append(-span.best(False) if objective.minimize else span.best(True))
+    for index in sorted(measured):
+        metrics = measured[index]
+        if not feasible(spec, metrics):
+            continue
+        theirs = [-metrics[o.metric] if o.minimize else metrics[o.metric] for o in spec.objectives]
+        if all(t >= o for t, o in zip(theirs, optimistic, strict=True)):
+            return index, metrics
+    return None
+
+
+def _shown(metric: str, span: _Range | None, minimize: bool) -> str:
+    if span is None:
+        return f"{metric} unknown"
+    best = span.best(not minimize)
+    if span.low == span.high:
+        return f"{metric}={best:.4g}"
+    return f"{metric} {'≥' if minimize else '≤'} {best:.4g}"
