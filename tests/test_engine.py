@@ -150,3 +150,21 @@ def test_attached_results_are_completed_trials_but_not_the_initialization() -> N
     assert generators[0] == "Sobol" and generators[-1] == "MBM", generators
     with pytest.raises(ValueError, match="lacks metrics"):
         engine.attach({"x": 0.2, "y": 0.2}, {"f1": 0.2})
+
+
+def test_an_early_stopped_trial_is_fitted_with_its_projection_and_never_proposed_again() -> None:
+    engine = Engine.create(_toy("qnehvi", initial=4), "toy")
+    _drive(engine, batches=2)  # the four initial trials, completed
+    stopped, without_data = engine.generate(2)
+    engine.early_stop(stopped.index, {"f1": 0.9, "f2": 0.95})
+    engine.early_stop(without_data.index, {})  # nothing logged yet: nothing to fit, only never proposed again
+    statuses = engine.trial_statuses()
+    assert statuses[stopped.index] == "EARLY_STOPPED" and statuses[without_data.index] == "ABANDONED"
+    restored = Engine.restore(engine.spec, engine.snapshot())
+    assert restored.trial_statuses() == statuses
+    nxt = restored.generate(1)[0]
+    assert nxt.generator == "MBM" and nxt.parameters != stopped.parameters
+    fitted = restored.client._generation_strategy.adapter.get_training_data().observation_data
+    rows = {index for index, _ in fitted.index}
+    assert stopped.index in rows and without_data.index not in rows  # the model saw the projected values
+    assert fitted.loc[stopped.index]["mean"]["f1"].item() == pytest.approx(0.9)
