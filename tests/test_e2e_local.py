@@ -300,3 +300,53 @@ def test_a_spec_asking_more_gpus_per_trial_than_the_machine_has_is_refused(tmp_p
 
 def _run_env(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NASCTL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_stops_hopeless_trials_early_from_their_curves(tmp_path: Path) -> None:
+    """Real processes writing real torch event files; the rule stops dominated ones, kills them, and says so."""
+    doc = toy_doc(maxTrials=8, parallelism=1)
+    spec = doc["spec"]
+    spec["objectives"] = [
+        {"metric": "acc", "goal": "maximize", "threshold": 0.3},
+        {"metric": "params", "goal": "minimize", "threshold": 1200.0},
+    ]
+    spec["metrics"] = {"source": "tensorboard", "definitions": [{"name": "acc", "reduce": "max"}, {"name": "params"}]}
+    spec["earlyStopping"] = {"progression": "epoch", "minProgression": 2, "minReferenceTrials": 2}
+    spec["trial"]["command"] = [sys.executable, str(Path(__file__).parent / "curve_trial.py")]
+    spec["trial"]["args"] = ["--x={x}", "--y={y}", "--epochs=12", "--seconds-per-epoch=0.3", "--log-dir={log_dir}"]
+    path = tmp_path / "curves.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    results = tmp_path / "results"
+    done = _run(["run", str(path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TrialEarlyStopped" in done.stdout
+
+    rows = list(csv.DictReader((results / "trials.csv").open()))
+    assert len(rows) == 8
+    stopped = [r for r in rows if r["status"] == "earlyStopped"]
+    finished = [r for r in rows if r["status"] == "succeeded"]
+    assert stopped and len(stopped) + len(finished) == 8, [(r["status"], r["reason"]) for r in rows]
+    pareto = json.loads((results / "pareto.json").read_text())
+    assert pareto["trials"]["earlyStopped"] == len(stopped) and pareto["trials"]["total"] == 8
+    for row in stopped:
+        assert "stopped early at epoch" in row["reason"], row
+        assert 2 <= float(row["progression"]) < 11
+        # the rule's promise, checked against the truth: the trial's real final point was dominated by a finished
+        # trial, or missed a threshold
+        x, y = float(row["x"]), float(row["y"])
+        final_acc, params = 0.5 + 0.4 * x, round(1000.0 * (0.1 + y))
+        dominated = any(
+            float(f["acc"]) >= final_acc * (1 - 0.6 * 0.7**11) and float(f["params"]) <= params for f in finished
+        )
+        assert dominated or params > 1200, row
+        # killed: its process wrote fewer epochs than the twelve it would have
+        events = list((results / "tensorboard" / row["trial"]).rglob("events.out.tfevents.*"))
+        from nas_operator.core.metrics import read_scalars
+
+        curve = read_scalars(events[0].parent, ["acc"])["acc"]
+        assert len(curve) < 12, row
+    assert (results / "pareto.png").stat().st_size > 10_000
+
+    again = _run(["run", str(path), "--results", str(results), "--no-progress"], cwd=tmp_path)
+    assert again.returncode == 0 and "Resuming" in again.stdout
+    assert [r["status"] for r in csv.DictReader((results / "trials.csv").open())] == [r["status"] for r in rows]

@@ -34,7 +34,7 @@ def write_pareto_json(spec: NASExperimentSpec, state: LoopState, path: Path) -> 
         "objectives": [o.model_dump(mode="json") for o in spec.objectives],
         "outcomeConstraints": list(spec.outcome_constraints),
         "hypervolume": status.hypervolume,
-        "trials": status.trials.model_dump(mode="json"),
+        "trials": status.trials.model_dump(mode="json", by_alias=True),
         "paretoFront": [p.model_dump(mode="json") for p in status.pareto_front],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
