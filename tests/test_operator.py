@@ -24,7 +24,7 @@ from nas_operator.storage.store import ConfigMapStore
 from nas_operator.storage.store_sql import SQLStore
 from tests.k8s.cluster import ControlPlane, free_port
 
-from .conftest import EXAMPLES, ROOT, load_yaml
+from .conftest import EXAMPLES, ROOT, load_yaml, toy_doc
 from .postgres import postgres_url  # noqa: F401  (fixture)
 from .test_cluster import _pv_and_claim
 
@@ -438,3 +438,68 @@ def test_deleting_a_running_experiment_removes_its_jobs_and_state(
     ):
         assert time.monotonic() < deadline, "Jobs, pods or state outlived the experiment"
         time.sleep(0.5)
+
+
+def test_early_stopping_deletes_the_job_and_a_restart_keeps_the_decision(
+    cluster: ControlPlane, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Trials write real torch event files on the shared volume; the operator reads them while they run."""
+    doc = toy_doc(maxTrials=8, parallelism=1)
+    doc["metadata"]["name"] = "curves"
+    spec = doc["spec"]
+    spec["objectives"] = [
+        {"metric": "acc", "goal": "maximize", "threshold": 0.3},
+        {"metric": "params", "goal": "minimize", "threshold": 1200.0},
+    ]
+    spec["metrics"] = {
+        "source": "tensorboard",
+        "claimName": "shared",
+        "definitions": [{"name": "acc", "reduce": "max"}, {"name": "params"}],
+    }
+    spec["earlyStopping"] = {"progression": "epoch", "minProgression": 2, "minReferenceTrials": 2}
+    spec["parameters"] = [  # not x and y: kubectl's YAML reads a bare y as a boolean
+        {"name": "quality", "type": "range", "lower": 0.0, "upper": 1.0},
+        {"name": "size", "type": "range", "lower": 0.0, "upper": 1.0},
+    ]
+    spec["trial"]["command"] = ["python", str(ROOT / "tests" / "curve_trial.py")]
+    spec["trial"]["args"] = ["--x={quality}", "--y={size}", "--epochs=12", "--seconds-per-epoch=0.4"]
+    spec["trial"]["args"].append("--log-dir={log_dir}")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+    def counts() -> dict[str, int]:
+        return dict(_get(cluster, namespace, "curves").get("status", {}).get("trials", {}))
+
+    deadline = time.monotonic() + 400
+    while counts().get("earlyStopped", 0) < 1:
+        assert time.monotonic() < deadline, operator_process.log_file.read_text()[-4000:]
+        time.sleep(0.3)
+    metrics = operator_process.scrape()
+    assert f'nas_trials{{experiment="curves",namespace="{namespace}",state="early_stopped"}} 1.0' in metrics
+    assert "nas_training_seconds_saved{" in metrics
+    operator_process.kill()  # in the middle: one decision made, trials still to come
+    time.sleep(1)
+    operator_process.start()
+
+    status = _wait_phase(cluster, namespace, "curves", "Succeeded", operator_process.log_file, timeout=600)
+    trials = status["trials"]
+    assert trials["total"] == 8 and trials["earlyStopped"] >= 1
+    assert trials["succeeded"] + trials["earlyStopped"] == 8, trials
+    assert status["trainingSecondsSaved"] > 0
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    stored = ConfigMapStore(core, namespace, "curves").load()
+    assert stored is not None
+    stopped = [t for t in stored.state.trials.values() if t.status == "earlyStopped"]
+    assert len(stopped) == trials["earlyStopped"]
+    for trial in stopped:
+        assert "stopped early at epoch" in trial.reason and trial.progression is not None
+        assert "stop_pending" not in trial.handle
+    # an early-stopped trial's Job is deleted; every other trial ran in exactly one pod of one Job
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    names = {j["metadata"]["name"] for j in jobs}
+    assert names == {t.name for t in stored.state.trials.values() if t.status == "succeeded"}
+    assert all(j["status"].get("succeeded") == 1 and not j["status"].get("failed") for j in jobs)
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector=involvedObject.name=curves").stdout
+    assert "TrialEarlyStopped" in events
+    table = cluster.kubectl("get", "nasx", "curves", "-n", namespace).stdout.splitlines()
+    column = table[0].split().index("EARLYSTOP")
+    assert table[1].split()[column] == str(trials["earlyStopped"])

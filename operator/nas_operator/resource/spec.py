@@ -280,9 +280,9 @@ class EarlyStopping(SpecModel):
     )
     decision_interval: float | None = Field(
         default=None,
-        gt=0,
+        ge=0,
         le=L.MAX_ABS_BOUND,
-        description="Progression between two decisions on one trial (default: decide whenever it has progressed).",
+        description="Progression between two decisions on one trial (absent or 0: whenever it has progressed).",
     )
     min_reference_trials: int = Field(
         default=3,

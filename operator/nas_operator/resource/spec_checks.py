@@ -490,7 +490,7 @@ def _check_early_stopping(spec: NASExperimentSpec, root: str) -> Iterable[Proble
             "needs learning curves, which only the tensorboard metrics source has: a termination message arrives "
             "when the trial has ended (use metrics.source: tensorboard, or remove earlyStopping)",
         )
-    if rule.decision_interval is not None and rule.progression == "step" and rule.decision_interval < 1:
+    if rule.decision_interval and rule.progression == "step" and rule.decision_interval < 1:
         yield Problem(f"{root}.earlyStopping.decisionInterval", "must be at least 1 when the progression is the step")
 
 
