@@ -55,10 +55,17 @@ def _status(phase: str, succeeded: int, running: int, hypervolume: float | None)
 def exercised() -> Telemetry:
     """A registry holding every series the operator produces for two experiments."""
     telemetry = Telemetry()
-    telemetry.observe_status("team-a", "mlp", _status("Running", 4, 2, 0.61), state_bytes=5120)
+    early = _status("Running", 4, 2, 0.61).model_copy(
+        update={
+            "trials": TrialCounts(total=9, running=2, succeeded=4, early_stopped=3),
+            "training_seconds_saved": 1234.5,
+        }
+    )
+    telemetry.observe_status("team-a", "mlp", early, state_bytes=5120)
     telemetry.observe_status("team-b", "cnn", _status("Succeeded", 10, 0, 0.83), state_bytes=9000)
     telemetry.observe_trial("team-a", "mlp", "succeeded", 42.0)
     telemetry.observe_trial("team-a", "mlp", "failed", 3.0)
+    telemetry.observe_trial("team-a", "mlp", "early_stopped", 20.0)
     telemetry.observe_generation("team-a", "mlp", 12.5)
     telemetry.observe_step("team-a", "mlp", 0.05)
     telemetry.count_error("team-a", "mlp")
@@ -74,6 +81,9 @@ def test_series_follow_the_experiments_status() -> None:
     assert values[("nas_trials", frozenset(a | {("state", "succeeded")}))] == 4
     assert values[("nas_trials", frozenset(a | {("state", "running")}))] == 2
     assert values[("nas_hypervolume", frozenset(a))] == pytest.approx(0.61)
+    assert values[("nas_trials", frozenset(a | {("state", "early_stopped")}))] == 3
+    assert values[("nas_training_seconds_saved", frozenset(a))] == pytest.approx(1234.5)
+    assert values[("nas_trial_duration_seconds_count", frozenset(a | {("outcome", "early_stopped")}))] == 1
     assert values[("nas_state_bytes", frozenset(a))] == 5120
     assert values[("nas_reconcile_errors_total", frozenset(a))] == 1
     assert values[("nas_candidate_generation_seconds_count", frozenset(a))] == 1
