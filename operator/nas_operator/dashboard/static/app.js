@@ -112,7 +112,7 @@ function renderSkeleton(data) {
     <section><h2>Trials</h2>
       <div class="filters"><input id="trial-filter" type="search" placeholder="filter: name, generator, reason, value">
         <select id="status-filter"><option value="">every status</option>
-          ${["succeeded", "failed", "running", "launching", "queued", "stopped"].map((x) => `<option value="${x}">${x}</option>`).join("")}
+          ${["succeeded", "failed", "running", "launching", "queued", "stopped", "earlyStopped"].map((x) => `<option value="${x}">${x}</option>`).join("")}
         </select><span id="trial-count" class="muted"></span></div>
       <div class="table-wrap"><table id="trials"><thead></thead><tbody></tbody></table></div></section>
     <section><h2>Model diagnostics (Ax)</h2>
@@ -130,7 +130,7 @@ function renderExperiment(data) {
     <div class="kv">
       <span>where</span><span>${esc(s.where)}</span>
       <span>trials</span><span id="progress">${esc(s.launched)} launched of ${esc(s.budget)}: ${esc(s.succeeded)} succeeded,
-        ${esc(s.failed)} failed, ${esc(s.running)} running</span>
+        ${esc(s.failed)} failed, ${s.earlyStopped ? `${esc(s.earlyStopped)} stopped early, ` : ""}${esc(s.running)} running</span>
       <span>hypervolume</span><span id="hv-value">${num(s.hypervolume, 6)}</span>
       <span>Pareto front</span><span id="front-size">${esc(s.frontSize)} trials</span>
       ${data.message ? `<span>message</span><span>${esc(data.message)}</span>` : ""}
