@@ -131,6 +131,7 @@ class ExperimentLoop:
         self._running_curves: RunningCurves | None = None
         self._reference_curves: ReferenceCurves | None = None
         self._judged_at: dict[str, float] = {}  # trial -> progression of its last decision (in memory only)
+        self._step_references: list[Reference] | None = None
         now = clock()
         if state.started_at is None:
             state.started_at = now
@@ -226,8 +227,11 @@ class ExperimentLoop:
         changed = self._finish_pending_stops()
         timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
         running = self.state.by_status("running")
+        self._step_references = None  # references are gathered at most once per step, when a decision needs them
         if self._running_curves is not None:
             self._running_curves.keep_only(t.name for t in running)
+            names = {t.name for t in running}
+            self._judged_at = {name: p for name, p in self._judged_at.items() if name in names}
         for trial in running:
             observation = self.backend.poll(trial)
             if observation.handle is not None:
@@ -325,6 +329,8 @@ class ExperimentLoop:
         return True
 
     def _references(self) -> list[Reference]:
+        if self._step_references is not None:
+            return self._step_references
         assert self._reference_curves is not None
         references = []
         for trial in self.state.by_status("succeeded"):
@@ -333,6 +339,7 @@ class ExperimentLoop:
             curves = self._reference_curves.get(trial.index, path)
             if curves is not None:
                 references.append(Reference(trial.index, curves, trial.metrics))
+        self._step_references = references
         return references
 
     def _stop_early(self, trial: TrialRecord, verdict: Verdict, now: float) -> None:
