@@ -500,6 +500,8 @@ def test_early_stopping_deletes_the_job_and_a_restart_keeps_the_decision(
     assert all(j["status"].get("succeeded") == 1 and not j["status"].get("failed") for j in jobs)
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector=involvedObject.name=curves").stdout
     assert "TrialEarlyStopped" in events
+    shown = _nasctl(cluster, "status", "curves", "-n", namespace)
+    assert f"{trials['earlyStopped']} stopped early" in shown.stdout and "early stopping saved about" in shown.stdout
     table = cluster.kubectl("get", "nasx", "curves", "-n", namespace).stdout.splitlines()
     column = table[0].split().index("EARLYSTOP")
     assert table[1].split()[column] == str(trials["earlyStopped"])

@@ -317,7 +317,10 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
     click.echo(
         f"  trials {trials.get('total', 0)}/{budget}: {trials.get('running', 0)} running, "
         f"{trials.get('succeeded', 0)} succeeded, {trials.get('failed', 0)} failed, {trials.get('stopped', 0)} stopped"
+        + (f", {trials['earlyStopped']} stopped early" if trials.get("earlyStopped") else "")
     )
+    if st.get("trainingSecondsSaved"):
+        click.echo(f"  early stopping saved about {st['trainingSecondsSaved']:.0f} s of training")
     hv = st.get("hypervolume")
     click.echo(f"  Pareto front: {st.get('paretoSize', 0)} trials, hypervolume {hv if hv is None else f'{hv:.6g}'}")
     for condition in st.get("conditions") or []:
