@@ -236,6 +236,7 @@ class ExperimentLoop:
             observation = self.backend.poll(trial)
             if observation.handle is not None:
                 trial.handle = observation.handle
+                self._judged_at.pop(trial.name, None)  # a retry starts its curves again
                 changed = True
                 if observation.message:
                     self._emit("TrialRetried", observation.message, trial.name, warning=True)

@@ -3,7 +3,7 @@
 A running trial keeps one incremental `EventReader` (event_reader.py) for as long as it runs: each step reads only
 what was appended since the last, a half-written last record waits for the next step, and every curve is bounded
 (scalar_curve.py). A finished trial's curves are read once, when it is first needed as a reference, and kept as a
-few hundred points per metric (stopping_rule.MAX_CURVE_POINTS).
+hundred-odd points per metric (stopping_rule.MAX_CURVE_POINTS).
 
 Progression is either the TensorBoard step of each point, or a scalar tag the trial logs (Lightning's `epoch`): a
 metric point then takes the progression logged at the latest step not after its own.
