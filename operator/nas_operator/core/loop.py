@@ -501,7 +501,8 @@ class ExperimentLoop:
             return StopDecision(
                 "Succeeded" if succeeded else "Failed",
                 "BudgetExhausted",
-                f"all {budget.max_trials} trials ran: {succeeded} succeeded, {failed} failed",
+                f"all {budget.max_trials} trials ran: {succeeded} succeeded, {failed} failed"
+                + (f", {early} stopped early" if (early := self.state.count("earlyStopped")) else ""),
             )
         return None
 
