@@ -17,7 +17,8 @@ Persistence rules that make restarts safe:
   behind the cluster.
 
 Early stopping (spec.earlyStopping): each running trial's partial curves are read incrementally
-at every step (core/progress.py) and judged by search/stopping_rule.py; a trial the rule stops is
+at every step and judged by search/stopping_rule.py (core/stopping.py holds what that needs between
+steps); a trial the rule stops is
 recorded `earlyStopped` with `stop_pending` before it is killed, and the kill is retried at every
 step until it went through, so neither a crash nor a refused delete leaves it running unrecorded.
 
@@ -32,18 +33,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from nas_operator.core.backend import Backend, LaunchError, Observation, TransientLaunchError, render_launch
 from nas_operator.core.faults import crash_point
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
-from nas_operator.core.progress import ReferenceCurves, RunningCurves
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
+from nas_operator.core.stopping import TrialStopper
 from nas_operator.resource.spec import NASExperimentSpec
 from nas_operator.resource.spec_checks import parse_duration
 from nas_operator.search.engine import Engine
-from nas_operator.search.stopping_rule import Reference, Verdict, judge
+from nas_operator.search.stopping_rule import Verdict
 from nas_operator.search.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,7 @@ class ExperimentLoop:
         self.last_engine_error = ""
         self._dirty = False
         self._concluded = False
-        self._running_curves: RunningCurves | None = None
-        self._reference_curves: ReferenceCurves | None = None
-        self._judged_at: dict[str, float] = {}  # trial -> progression of its last decision (in memory only)
-        self._step_references: list[Reference] | None = None
+        self._stopper: TrialStopper | None = None
         now = clock()
         if state.started_at is None:
             state.started_at = now
@@ -227,16 +224,15 @@ class ExperimentLoop:
         changed = self._finish_pending_stops()
         timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
         running = self.state.by_status("running")
-        self._step_references = None  # references are gathered at most once per step, when a decision needs them
-        if self._running_curves is not None:
-            self._running_curves.keep_only(t.name for t in running)
-            names = {t.name for t in running}
-            self._judged_at = {name: p for name, p in self._judged_at.items() if name in names}
+        stopper = self._trial_stopper()
+        if stopper is not None:
+            stopper.begin_step(running)
         for trial in running:
             observation = self.backend.poll(trial)
             if observation.handle is not None:
                 trial.handle = observation.handle
-                self._judged_at.pop(trial.name, None)  # a retry starts its curves again
+                if stopper is not None:
+                    stopper.forget(trial.name)  # a retry starts its curves again
                 changed = True
                 if observation.message:
                     self._emit("TrialRetried", observation.message, trial.name, warning=True)
@@ -246,8 +242,9 @@ class ExperimentLoop:
                     self.backend.kill(trial)
                     self._finish_trial(trial, "failed", now, reason=f"timed out after {timeout:g}s and was killed")
                     changed = True
-                else:
-                    changed |= self._consider_stopping(trial, now)
+                elif stopper is not None and (verdict := stopper.verdict(trial, self.state)) and verdict.stop:
+                    self._stop_early(trial, verdict, stopper, now)
+                    changed = True
                 continue
             self._conclude(trial, observation, now)
             changed = True
@@ -299,51 +296,16 @@ class ExperimentLoop:
 
     # ------------------------------------------------------------------ early stopping
 
-    def _consider_stopping(self, trial: TrialRecord, now: float) -> bool:
-        """Read the trial's new curve points and stop it if the rule says it is hopeless; never raises."""
+    def _trial_stopper(self) -> TrialStopper | None:
+        """The early-stopping state, made anew when the rule changed (it is not frozen in a running experiment)."""
         rule = self.spec.early_stopping
         if rule is None:
-            return False
-        if self._running_curves is None or self._running_curves.rule != rule:
-            self._running_curves = RunningCurves(self.spec, rule)
-            self._reference_curves = ReferenceCurves(self.spec, rule)
-        try:
-            log_dir = self.backend.live_log_dir(self.state.experiment, trial)
-            curves = self._running_curves.update(trial.name, log_dir) if log_dir is not None else None
-            if curves is None:
-                return False
-            last = self._judged_at.get(trial.name)
-            if last is not None and curves.progression < last + (rule.decision_interval or 0.0):
-                return False
-            if last is not None and curves.progression <= last:
-                return False
-            verdict = judge(self.spec, rule, curves, self._references(), self.state.results())
-        except Exception:  # a reader or rule bug must not stop the loop: the trial simply runs on
-            log.exception("judging %s for early stopping failed", trial.name)
-            return False
-        if not verdict.judged:
-            return False  # judged again at the next step: references may have arrived
-        self._judged_at[trial.name] = verdict.progression
-        if not verdict.stop:
-            return False
-        self._stop_early(trial, verdict, now)
-        return True
+            self._stopper = None
+        elif self._stopper is None or self._stopper.rule != rule:
+            self._stopper = TrialStopper(self.spec, rule, self.backend)
+        return self._stopper
 
-    def _references(self) -> list[Reference]:
-        if self._step_references is not None:
-            return self._step_references
-        assert self._reference_curves is not None
-        references = []
-        for trial in self.state.by_status("succeeded"):
-            log_dir = trial.handle.get("metrics_dir") or trial.handle.get("log_dir")
-            path = Path(log_dir) if log_dir else self.backend.log_dir(self.state.experiment, trial.name)
-            curves = self._reference_curves.get(trial.index, path)
-            if curves is not None:
-                references.append(Reference(trial.index, curves, trial.metrics))
-        self._step_references = references
-        return references
-
-    def _stop_early(self, trial: TrialRecord, verdict: Verdict, now: float) -> None:
+    def _stop_early(self, trial: TrialRecord, verdict: Verdict, stopper: TrialStopper, now: float) -> None:
         """Record the decision (stop pending), save it, then kill: a crash in between kills it at the next step."""
         before = (trial.status, trial.handle, trial.finished_at, trial.reason, trial.metrics)
         trial.status = "earlyStopped"
@@ -352,7 +314,7 @@ class ExperimentLoop:
         trial.metrics = dict(verdict.observed)
         trial.progression = verdict.progression
         trial.projected = dict(verdict.projected)
-        trial.saved_seconds = self._saved_seconds(trial, verdict.progression)
+        trial.saved_seconds = stopper.saved_seconds(trial, verdict.progression, self.state, now)
         trial.handle = {**trial.handle, "stop_pending": True}
         try:
             self.persist("early-stop")
@@ -363,7 +325,7 @@ class ExperimentLoop:
         self._concluded = True
         self.worker.early_stop(trial.index, trial.projected)
         self._emit("TrialEarlyStopped", trial.reason, trial.name)
-        self._judged_at.pop(trial.name, None)
+        stopper.forget(trial.name)
         self._finish_pending_stops()
 
     def _finish_pending_stops(self) -> bool:
@@ -380,16 +342,6 @@ class ExperimentLoop:
             trial.handle = {k: v for k, v in trial.handle.items() if k != "stop_pending"}
             self._dirty = changed = True
         return changed
-
-    def _saved_seconds(self, trial: TrialRecord, progression: float) -> float:
-        """Training time the stop saved (an estimate): its time so far, scaled to the median reference's progression."""
-        if trial.started_at is None or progression <= 0:
-            return 0.0
-        finals = sorted(r.curves.progression for r in self._references() if r.curves.progression > progression)
-        if not finals:
-            return 0.0
-        median = finals[len(finals) // 2]
-        return max(0.0, (trial.finished_at or self.clock()) - trial.started_at) * (median / progression - 1.0)
 
     def _launch_pending_launches(self) -> bool:
         """Trials marked `launching` but not started: a crash in between, or a launch the API refused for now.
