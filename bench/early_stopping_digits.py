@@ -123,7 +123,7 @@ def child(arm: str, seed: int, trials: int, duration: int | None, results: Path)
     """One run, in its own process (the percentile arm replaces the loop's rule there only)."""
     from rich.console import Console
 
-    import nas_operator.core.loop as loop_module
+    import nas_operator.core.stopping as stopping_module
     from nas_operator.local.runner import run_local
     from nas_operator.resource.spec_checks import load_experiment
 
@@ -133,14 +133,14 @@ def child(arm: str, seed: int, trials: int, duration: int | None, results: Path)
         rule = experiment.spec.early_stopping
         assert rule is not None
         judge = AxPercentileJudge(experiment.spec.objectives[0].metric, rule.min_progression, rule.min_reference_trials)
-        original = loop_module.ExperimentLoop._consider_stopping
+        original = stopping_module.TrialStopper.verdict
 
-        def consider(self: Any, trial: Any, now: float) -> bool:
+        def verdict(self: Any, trial: Any, state: Any) -> Any:
             judge.current = trial.index  # the judge is called for this trial next
-            return bool(original(self, trial, now))
+            return original(self, trial, state)
 
-        loop_module.ExperimentLoop._consider_stopping = consider  # type: ignore[method-assign]
-        loop_module.judge = judge  # type: ignore[attr-defined]
+        stopping_module.TrialStopper.verdict = verdict  # type: ignore[method-assign]
+        stopping_module.judge = judge  # type: ignore[attr-defined]
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the run
     started = time.monotonic()
     run_local(experiment, results, fresh=True, console=console, show_progress=False)
