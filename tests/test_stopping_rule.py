@@ -97,6 +97,9 @@ def test_an_outcome_constraint_broken_even_at_its_best_stops_the_trial() -> None
     trial = _curves([0.4, 0.5, 0.6, 0.7], 100.0, lat=[9.0, 8.0, 7.0, 7.0])
     verdict = judge(spec, RULE, trial, references, {})
     assert verdict.stop and "breaks the outcome constraint lat <= 5" in verdict.reason
+    # the model hears what the stop rests on and what is settled, not accuracy extrapolated from other curves
+    assert verdict.projected == {"lat": 7.0, "params": 100.0}
+    assert set(verdict.observed) == {"acc", "params", "lat"}
     within = _curves([0.4, 0.5, 0.6, 0.7], 100.0, lat=[9.0, 8.0, 7.0, 4.0])
     assert not judge(spec, RULE, within, references, {}).stop
 

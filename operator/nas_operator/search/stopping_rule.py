@@ -107,9 +107,12 @@ class Reference:
 class Verdict:
     """The rule's answer for one trial at one progression.
 
-    `observed` holds each metric known so far as measured at this progression; `projected` the end of its plausible
-    range that favours the trial: what the model is told about a stopped trial. `judged` is False when no decision
-    could be made yet (and `reason` says why).
+    `observed` holds each metric known so far as measured at this progression. `projected` is what the model is told
+    about a stopped trial: the favourable end of a metric's plausible range, for the metrics that range bounds in a
+    meaningful way (those the stop rests on, and those whose range is a single value, such as a parameter count);
+    the favourable end of any other metric is an extrapolation from other trials' curves that can be far from this
+    one's (a reference's large gain added to this trial's value), and a model fitted to it would believe in a region
+    the rule has just found hopeless. `judged` is False when no decision could be made yet (and `reason` says why).
     """
 
     stop: bool
@@ -155,27 +158,30 @@ def judge(
         )
     directions = _directions(spec)
     ranges = {metric: _plausible_range(metric, trial, reached, p) for metric in directions}
-    projected = {metric: span.best(directions[metric]) for metric, span in ranges.items() if span is not None}
+    best = {metric: span.best(directions[metric]) for metric, span in ranges.items() if span is not None}
+    settled = {metric: value for metric, value in best.items() if _settled(ranges[metric])}
     observed = {metric: span.now for metric, span in ranges.items() if span is not None}
     where = f"at {_progression_name(rule)} {p:g}"
-    missed = _missed_bound(spec, ranges)
+    missed, metric = _missed_bound(spec, ranges)
     if missed:
-        return Verdict(True, True, p, f"{where}, {missed}", projected, observed)
+        return Verdict(True, True, p, f"{where}, {missed}", {**settled, metric: best[metric]}, observed)
     dominating = _dominating_trial(spec, ranges, measured)
     if dominating is not None:
         index, metrics = dominating
-        best = ", ".join(_shown(o.metric, ranges[o.metric], o.minimize) for o in spec.objectives)
+        shown = ", ".join(_shown(o.metric, ranges[o.metric], o.minimize) for o in spec.objectives)
         theirs = ", ".join(f"{o.metric}={metrics[o.metric]:.4g}" for o in spec.objectives)
+        # every objective's favourable end lies between its value now and the dominating trial's: bounded, told
+        objectives = {o.metric: best[o.metric] for o in spec.objectives}
         return Verdict(
             True,
             True,
             p,
-            f"{where}, even its best projection ({best}; from {len(reached)} finished trials) is dominated by "
+            f"{where}, even its best projection ({shown}; from {len(reached)} finished trials) is dominated by "
             f"trial {index} ({theirs}): it cannot add hypervolume",
-            projected,
+            {**settled, **objectives},
             observed,
         )
-    return Verdict(False, True, p, f"{where}, it may still reach the front", projected, observed)
+    return Verdict(False, True, p, f"{where}, it may still reach the front", best, observed)
 
 
 def _progression_name(rule: EarlyStopping) -> str:
@@ -208,8 +214,14 @@ def _plausible_range(metric: str, trial: TrialCurves, references: Sequence[Refer
     return _Range(now, now + min(changes), now + max(changes), len(changes) - 1)
 
 
-def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) -> str:
-    """The first threshold or constraint even the favourable end of a range misses, as a sentence; "" if none."""
+def _settled(span: _Range | None) -> bool:
+    """A range of one value: no reference changed after this point (a metric logged once, before training)."""
+    return span is not None and span.low == span.high
+
+
+def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) -> tuple[str, str]:
+    """The first threshold or constraint even the favourable end of a range misses, as a sentence, and its metric;
+    ("", "") if none."""
     for objective in spec.objectives:
         span = ranges.get(objective.metric)
         if objective.threshold is None or span is None:
@@ -221,7 +233,8 @@ def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) 
             word = "at least" if objective.minimize else "at most"
             return (
                 f"{objective.metric} can reach {word} {best:.4g} (now {span.now:.4g}, changes after this point in "
-                f"{span.references} finished trials) and misses its threshold {objective.threshold:g}"
+                f"{span.references} finished trials) and misses its threshold {objective.threshold:g}",
+                objective.metric,
             )
     for text in spec.outcome_constraints:
         constraint = parse_outcome_constraint(text)
@@ -234,9 +247,10 @@ def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) 
             best = span.low if constraint.op == "<=" else span.high
             return (
                 f"{constraint.metric} can reach {best:.4g} at best (now {span.now:.4g}) and breaks the outcome "
-                f"constraint {constraint.metric} {constraint.op} {constraint.bound:g}"
+                f"constraint {constraint.metric} {constraint.op} {constraint.bound:g}",
+                constraint.metric,
             )
-    return ""
+    return "", ""
 
 
 def _dominating_trial(
