@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from nas_operator.resource.spec import EarlyStopping
 from nas_operator.resource.spec_checks import load_experiment
 from nas_operator.search.stopping_rule import MAX_CURVE_POINTS, MetricCurve, Reference, TrialCurves, judge
@@ -139,3 +141,19 @@ def test_curve_values_follow_the_metric_reduction_and_stay_bounded() -> None:
     long = MetricCurve.from_points([(float(k), float(k)) for k in range(10_000)], "last")
     assert len(long.progressions) <= MAX_CURVE_POINTS + 1
     assert long.final == 9999.0 and long.progressions[-1] == 9999.0
+
+
+def test_relative_projection_scales_the_trials_own_progress_and_respects_plateaus() -> None:
+    spec = _spec(threshold=0.5)
+    crawling = _curves([0.40, 0.41, 0.42, 0.43], 100.0)  # the smallest model, barely learning
+    # gain: 0.43 + 0.10 (trial 1's change after epoch 3) reaches the threshold: kept
+    assert not judge(spec, RULE, crawling, REFERENCES, MEASURED).stop
+    # relative: it moved 0.03 so far; the most any reference moved after epoch 3 per unit moved before is trial 1's
+    # 0.10 / 0.40: at most 0.43 + 0.0075, under the threshold
+    relative = RULE.model_copy(update={"projection": "relative"})
+    verdict = judge(spec, relative, crawling, REFERENCES, MEASURED)
+    assert verdict.stop and "misses its threshold 0.5" in verdict.reason
+    assert verdict.projected["acc"] == pytest.approx(0.43 + 0.03 * 0.10 / 0.40)
+    # a reference that sat on a plateau until epoch 3 and then learned: its whole gain counts, the trial is kept
+    plateau = _reference(7, [0.10, 0.10, 0.10, 0.10, 0.60, 0.80, 0.85, 0.86, 0.87, 0.87], 50_000.0)
+    assert not judge(spec, relative, crawling, [*REFERENCES, plateau], MEASURED).stop

@@ -284,6 +284,12 @@ class EarlyStopping(SpecModel):
         le=L.MAX_ABS_BOUND,
         description="Progression between two decisions on one trial (absent or 0: whenever it has progressed).",
     )
+    projection: Literal["gain", "relative"] = Field(
+        default="gain",
+        description="How a finished trial's curve bounds a running one's: gain adds the largest change a finished "
+        "trial made after the same progression; relative scales the running trial's own change so far by finished "
+        "trials' change after that point per change before it (docs/early-stopping.md).",
+    )
     min_reference_trials: int = Field(
         default=3,
         ge=1,

@@ -39,6 +39,10 @@ a lookup between kept points takes the earlier one, which for an improving curve
 larger, never smaller: the projection only gets more optimistic."""
 
 
+RELATIVE_EPSILON = 1e-9
+"""Below this change before p (relative to the value), a reference's change after p has no ratio to scale by."""
+
+
 @dataclass(frozen=True)
 class MetricCurve:
     """One metric of one trial: its value, as the metric's reduction sees it so far, at increasing progressions.
@@ -157,7 +161,7 @@ def judge(
             f"{rule.min_reference_trials}",
         )
     directions = _directions(spec)
-    ranges = {metric: _plausible_range(metric, trial, reached, p) for metric in directions}
+    ranges = {metric: _plausible_range(metric, trial, reached, p, rule.projection) for metric in directions}
     best = {metric: span.best(directions[metric]) for metric, span in ranges.items() if span is not None}
     settled = {metric: value for metric, value in best.items() if _settled(ranges[metric])}
     observed = {metric: span.now for metric, span in ranges.items() if span is not None}
@@ -197,20 +201,38 @@ def _directions(spec: NASExperimentSpec) -> dict[str, bool]:
     return directions
 
 
-def _plausible_range(metric: str, trial: TrialCurves, references: Sequence[Reference], p: float) -> _Range | None:
-    """None when the trial has not logged the metric yet (then it may end anywhere)."""
+def _plausible_range(
+    metric: str, trial: TrialCurves, references: Sequence[Reference], p: float, projection: str = "gain"
+) -> _Range | None:
+    """None when the trial has not logged the metric yet (then it may end anywhere).
+
+    gain: the trial's value now plus each reference's change after p. relative: the trial's own change so far
+    (from its first logged value) scaled by each reference's change after p per unit of change before it, so a
+    trial that has moved little is projected to move little; a reference that had not moved by p and moved after
+    (a plateau that ended) adds its whole change, as with gain; a metric no reference changed keeps its value.
+    """
     curve = trial.metrics.get(metric)
     now = curve.at(p) if curve is not None else None
-    if now is None or not math.isfinite(now):
+    if curve is None or now is None or not math.isfinite(now):
         return None
+    first = float(curve.values[0])
     changes = [0.0]
     for reference in references:
         theirs = reference.curves.metrics.get(metric)
         then = theirs.at(p) if theirs is not None else None
         final = reference.final.get(metric)
-        if then is None or final is None or not (math.isfinite(then) and math.isfinite(final)):
+        if theirs is None or then is None or final is None or not (math.isfinite(then) and math.isfinite(final)):
             continue
-        changes.append(final - then)
+        if projection == "gain":
+            changes.append(final - then)
+            continue
+        before = then - float(theirs.values[0])
+        if final == then:
+            changes.append(0.0)
+        elif abs(before) > RELATIVE_EPSILON * max(1.0, abs(then)) and math.isfinite(first):
+            changes.append((now - first) * (final - then) / before)
+        else:  # flat until p, then it moved: a plateau can end, so its whole change counts as a gain
+            changes.append(final - then)
     return _Range(now, now + min(changes), now + max(changes), len(changes) - 1)
 
 
