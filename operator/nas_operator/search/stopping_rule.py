@@ -22,6 +22,7 @@ turns TensorBoard curves into the `TrialCurves` judged here.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -112,11 +113,12 @@ class Verdict:
     """The rule's answer for one trial at one progression.
 
     `observed` holds each metric known so far as measured at this progression. `projected` is what the model is told
-    about a stopped trial: the favourable end of a metric's plausible range, for the metrics that range bounds in a
-    meaningful way (those the stop rests on, and those whose range is a single value, such as a parameter count);
-    the favourable end of any other metric is an extrapolation from other trials' curves that can be far from this
-    one's (a reference's large gain added to this trial's value), and a model fitted to it would believe in a region
-    the rule has just found hopeless. `judged` is False when no decision could be made yet (and `reason` says why).
+    about a stopped trial: each known metric's *estimated* final value, its value now moved by the median change of
+    the references (where the decision used the most favourable change). The decision needs a bound, so that it is
+    safe; the model needs an estimate: told the bound, it believes the region better than it is and proposes it
+    again (measured, docs/early-stopping.md), told the value now, it believes it worse than it is. The estimate lies
+    between the two, so a stopped trial's estimate is still dominated or outside the bound it missed. `judged` is
+    False when no decision could be made yet (and `reason` says why).
     """
 
     stop: bool
@@ -135,6 +137,7 @@ class _Range:
     low: float
     high: float
     references: int
+    estimate: float
 
     def best(self, larger_is_better: bool) -> float:
         return self.high if larger_is_better else self.low
@@ -162,30 +165,27 @@ def judge(
         )
     directions = _directions(spec)
     ranges = {metric: _plausible_range(metric, trial, reached, p, rule.projection) for metric in directions}
-    best = {metric: span.best(directions[metric]) for metric, span in ranges.items() if span is not None}
-    settled = {metric: value for metric, value in best.items() if _settled(ranges[metric])}
+    estimates = {metric: span.estimate for metric, span in ranges.items() if span is not None}
     observed = {metric: span.now for metric, span in ranges.items() if span is not None}
     where = f"at {_progression_name(rule)} {p:g}"
-    missed, metric = _missed_bound(spec, ranges)
+    missed = _missed_bound(spec, ranges)
     if missed:
-        return Verdict(True, True, p, f"{where}, {missed}", {**settled, metric: best[metric]}, observed)
+        return Verdict(True, True, p, f"{where}, {missed}", estimates, observed)
     dominating = _dominating_trial(spec, ranges, measured)
     if dominating is not None:
         index, metrics = dominating
         shown = ", ".join(_shown(o.metric, ranges[o.metric], o.minimize) for o in spec.objectives)
         theirs = ", ".join(f"{o.metric}={metrics[o.metric]:.4g}" for o in spec.objectives)
-        # every objective's favourable end lies between its value now and the dominating trial's: bounded, told
-        objectives = {o.metric: best[o.metric] for o in spec.objectives}
         return Verdict(
             True,
             True,
             p,
             f"{where}, even its best projection ({shown}; from {len(reached)} finished trials) is dominated by "
             f"trial {index} ({theirs}): it cannot add hypervolume",
-            {**settled, **objectives},
+            estimates,
             observed,
         )
-    return Verdict(False, True, p, f"{where}, it may still reach the front", best, observed)
+    return Verdict(False, True, p, f"{where}, it may still reach the front", estimates, observed)
 
 
 def _progression_name(rule: EarlyStopping) -> str:
@@ -233,17 +233,12 @@ def _plausible_range(
             changes.append((now - first) * (final - then) / before)
         else:  # flat until p, then it moved: a plateau can end, so its whole change counts as a gain
             changes.append(final - then)
-    return _Range(now, now + min(changes), now + max(changes), len(changes) - 1)
+    typical = statistics.median(changes[1:]) if len(changes) > 1 else 0.0
+    return _Range(now, now + min(changes), now + max(changes), len(changes) - 1, now + typical)
 
 
-def _settled(span: _Range | None) -> bool:
-    """A range of one value: no reference changed after this point (a metric logged once, before training)."""
-    return span is not None and span.low == span.high
-
-
-def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) -> tuple[str, str]:
-    """The first threshold or constraint even the favourable end of a range misses, as a sentence, and its metric;
-    ("", "") if none."""
+def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) -> str:
+    """The first threshold or constraint even the favourable end of a range misses, as a sentence; "" if none."""
     for objective in spec.objectives:
         span = ranges.get(objective.metric)
         if objective.threshold is None or span is None:
@@ -255,8 +250,7 @@ def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) 
             word = "at least" if objective.minimize else "at most"
             return (
                 f"{objective.metric} can reach {word} {best:.4g} (now {span.now:.4g}, changes after this point in "
-                f"{span.references} finished trials) and misses its threshold {objective.threshold:g}",
-                objective.metric,
+                f"{span.references} finished trials) and misses its threshold {objective.threshold:g}"
             )
     for text in spec.outcome_constraints:
         constraint = parse_outcome_constraint(text)
@@ -269,10 +263,9 @@ def _missed_bound(spec: NASExperimentSpec, ranges: Mapping[str, _Range | None]) 
             best = span.low if constraint.op == "<=" else span.high
             return (
                 f"{constraint.metric} can reach {best:.4g} at best (now {span.now:.4g}) and breaks the outcome "
-                f"constraint {constraint.metric} {constraint.op} {constraint.bound:g}",
-                constraint.metric,
+                f"constraint {constraint.metric} {constraint.op} {constraint.bound:g}"
             )
-    return "", ""
+    return ""
 
 
 def _dominating_trial(
