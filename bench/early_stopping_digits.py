@@ -177,10 +177,14 @@ def measure(results: Path) -> dict[str, float]:
     }
 
 
-def run_arm(arm: str, seed: int, trials: int, duration: int | None, keep: Path | None) -> dict[str, float]:
+def run_arm(
+    arm: str, seed: int, trials: int, duration: int | None, keep: Path | None, reuse: bool = False
+) -> dict[str, float]:
     base = keep or Path(tempfile.mkdtemp(prefix="es-digits-"))
     base.mkdir(parents=True, exist_ok=True)
     results = base / f"{arm}-seed{seed}-{'t' + str(trials) if duration is None else 'd' + str(duration)}"
+    if reuse and (results / "wall_seconds").exists():
+        return measure(results)  # a finished run of an earlier invocation (--keep DIR --reuse)
     command = [sys.executable, __file__, "--child", arm, str(seed), str(trials), str(duration or 0), str(results)]
     subprocess.run(command, check=True, cwd=base)
     return measure(results)
@@ -209,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 seed, 6 trials, none and ours, no equal compute")
     parser.add_argument("--keep", type=Path, help="keep every run's results directory here")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: measure runs already finished there")
     args = parser.parse_args(argv)
     if args.child:
         arm, seed, trials, duration, results = args.child
@@ -220,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     equal: dict[str, list[dict[str, float]]] = {arm: [] for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
-            same[arm].append(run_arm(arm, seed, args.trials, None, args.keep))
+            same[arm].append(run_arm(arm, seed, args.trials, None, args.keep, args.reuse))
             print(f"seed {seed} {arm} ({args.trials} trials): {same[arm][-1]}", flush=True)
         if args.duration:
             for arm in args.arms:
-                equal[arm].append(run_arm(arm, seed, 1000, args.duration, args.keep))
+                equal[arm].append(run_arm(arm, seed, 1000, args.duration, args.keep, args.reuse))
                 print(f"seed {seed} {arm} ({args.duration}s): {equal[arm][-1]}", flush=True)
     keys = ["trials", "stopped", "trial_seconds", "epochs", "hypervolume", "wall"]
     print()
