@@ -109,7 +109,10 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
     # random delay (some before the operator has finished starting, some in the middle of a step).
     plan: list[str] = [""] * CHAOS_KILLS
     plan[0], plan[3], plan[7] = (f"{p}=1" for p in REQUIRED_POINTS)
-    for life in rng.sample([i for i in range(CHAOS_KILLS) if not plan[i]], 3):
+    # The other armed points need a launch or a result still to come: only in the first half of the lives, while
+    # most of the trials are still to be launched (armed late, all may have launched already and the point never
+    # comes: seed 49484229 armed save:launch:before at the last life).
+    for life in rng.sample([i for i in range(CHAOS_KILLS // 2) if not plan[i]], 3):
         plan[life] = f"{rng.choice(OTHER_POINTS)}=1"
     print("chaos plan:", plan)
 
