@@ -60,6 +60,7 @@ benchmark machine has 2 cores), each with one torch thread. N is 32 rather than 
 took 57 minutes on the 2 cores shared with other jobs, over the 45 minutes this benchmark may take.
 
     .venv/bin/python bench/early_stopping.py           # 2 problems, 5 seeds, 32 trials of 20 steps
+    .venv/bin/python bench/early_stopping.py --log /tmp/es.jsonl --resume   # the same, resumable if killed
     .venv/bin/python bench/early_stopping.py --quick   # digits NAS, 2 seeds, 12 trials of 8 steps (~1 min)
     .venv/bin/python bench/early_stopping.py --problems branincurrin --only none ours --variants --json /tmp/es.json
 """
@@ -67,6 +68,7 @@ took 57 minutes on the 2 cores shared with other jobs, over the 45 minutes this 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -740,6 +742,28 @@ def targets(problem: CurveProblem, runs: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+def logged_runs(path: Path, version: str, settings: Settings, units: Sequence[Unit]) -> list[RunResult]:
+    """The runs `--log` recorded with the same code and settings, for `--resume`: on a shared machine a long run can
+    be killed, and its finished runs need not be run again."""
+    if not path.exists():
+        return []
+    runs: dict[Unit, RunResult] = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short when the run was killed
+        # the commit may have moved on (this repository's other files change often); the rule and engine may not
+        same_code = str(entry.get("code", "")).partition("sha256 ")[2] == version.partition("sha256 ")[2]
+        if not same_code or entry.get("settings") != asdict(settings):
+            continue
+        run = dict(entry["run"])
+        unit = Unit(**run.pop("unit"))
+        if unit in units:
+            runs[unit] = RunResult(unit=unit, trials=[TrialRecord(**t) for t in run.pop("trials")], **run)
+    return list(runs.values())
+
+
 def code_version() -> str:
     """The commit and the rule's and engine's file digests: both change often, and a table is only as good as the
     code it measured (a worker imports them once, at its first run)."""
@@ -783,6 +807,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (at most 2)")
     parser.add_argument("--json", type=Path, help="also write every run's result here")
+    parser.add_argument("--log", type=Path, help="append each run's result here as it finishes (JSON lines)")
+    parser.add_argument("--resume", action="store_true", help="skip the runs --log holds for this code and settings")
     parser.add_argument(
         "--projection",
         choices=["gain", "relative"],
@@ -818,7 +844,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     received = dict.fromkeys(args.problems, 0)
     done: dict[str, list[RunResult]] = {p: [] for p in args.problems}
     started = time.perf_counter()
-    for count, result in enumerate(run_units(units, settings, jobs), start=1):
+    logged = logged_runs(args.log, version, settings, units) if args.log and args.resume else []
+    if logged:
+        print(f"({len(logged)} run(s) taken from {args.log})", flush=True)
+    resumed = {r.unit for r in logged}
+    fresh = run_units([u for u in units if u not in resumed], settings, jobs)
+    for count, result in enumerate(itertools.chain(logged, fresh), start=1):
         u = result.unit
         print(
             f"   [{count}/{len(units)}] {u.problem} {u.contender} seed {u.seed} ({u.mode}): compute {result.compute}, "
@@ -826,6 +857,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if args.log and u not in resumed:
+            with args.log.open("a") as log:
+                log.write(json.dumps({"code": version, "settings": asdict(settings), "run": asdict(result)}) + "\n")
         done[u.problem].append(result)
         if u.contender == "none" and u.mode == "trials" and "compute" in args.modes:
             done[u.problem].append(none_at_budget(result, settings))

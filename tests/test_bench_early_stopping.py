@@ -47,9 +47,9 @@ def test_katib_median_rule_and_curve_shape() -> None:
 
 @pytest.mark.engine
 def test_quick_mode_runs_every_contender_and_reports_the_targets(tmp_path: Path) -> None:
-    out = tmp_path / "runs.json"
+    out, log = tmp_path / "runs.json", tmp_path / "runs.jsonl"
     completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--log", str(log)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -70,6 +70,10 @@ def test_quick_mode_runs_every_contender_and_reports_the_targets(tmp_path: Path)
     seeds = range(payload["settings"]["seeds"])
     by = {(r["unit"]["contender"], r["unit"]["mode"], r["unit"]["seed"]): r for r in runs}
     assert set(by) == {(c, m, s) for c in CONTENDERS for m in ("trials", "compute") for s in seeds}
+    # --log holds every run that ran (none's equal-compute rows are derived from its N-trial runs), for --resume
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(logged) == len(runs) - len(seeds)
+    assert all(entry["code"] == payload["code"] and entry["settings"].items() <= settings.items() for entry in logged)
 
     for run in runs:
         assert math.isfinite(run["regret"]) and run["regret"] > -12  # HV of the truth never exceeds the known maximum

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -55,23 +54,6 @@ def _quiet_ax() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@contextmanager
-def _seeded_python_random(seed: str) -> Iterator[None]:
-    """Python's global `random`, seeded for one generation call and restored after it.
-
-    Ax rounds integer parameters that appear in a parameter constraint with randomized rounding drawn from the global
-    `random` module (ax.adapter.transforms.rounding), which nothing seeds: the same experiment then gets hidden
-    sizes 17 or 18 at random. Seeded from the experiment's seed and its trial count, a candidate is the same wherever
-    it is generated (nasctl run, the operator, a restored engine).
-    """
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(state)
 
 
 def _configure_ax_logging() -> None:
@@ -210,7 +192,7 @@ class Engine:
         from ax.exceptions.core import DataRequiredError
         from ax.exceptions.generation_strategy import MaxParallelismReachedException
 
-        with _quiet_ax(), _seeded_python_random(f"{self.spec.algorithm.seed}:{len(self._client._experiment.trials)}"):
+        with _quiet_ax():
             try:
                 proposed = self._client.get_next_trials(max_trials=count)
             except (DataRequiredError, MaxParallelismReachedException) as exc:
