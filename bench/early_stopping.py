@@ -57,7 +57,7 @@ the decisions cost from what `verdict.projected` (what `Engine.early_stop` repor
 
 Each (problem, contender, seed, mode) run is independent and goes to one of at most 2 worker processes (the
 benchmark machine has 2 cores), each with one torch thread. N is 32 rather than 40 for time: 40 trials with 5 seeds
-took 57 minutes on the 2 cores shared with other jobs, over the 45 minutes this benchmark may take.
+took 57 minutes on the 2 cores shared with other jobs, over the 45 minutes this benchmark may take; 32 took 24.
 
     .venv/bin/python bench/early_stopping.py           # 2 problems, 5 seeds, 32 trials of 20 steps
     .venv/bin/python bench/early_stopping.py --log /tmp/es.jsonl --resume   # the same, resumable if killed
