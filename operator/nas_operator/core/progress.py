@@ -33,11 +33,6 @@ MAX_POD_DIRS = 256
 Job's backoffLimit keeps that small, this bounds a listing the trial's volume could make long)."""
 
 
-def judged_definitions(spec: NASExperimentSpec) -> list[MetricDefinition]:
-    """The metrics the rule judges: every metric the experiment reads (objectives and constrained ones included)."""
-    return metric_definitions(spec)
-
-
 def curves_of(reader: EventReader, definitions: Iterable[MetricDefinition], rule: EarlyStopping) -> TrialCurves | None:
     """The reader's scalars as progression-indexed curves; None while no progression is known yet."""
     definitions = list(definitions)
@@ -80,7 +75,7 @@ class _ProgressionAtStep:
 
 
 def wanted_tags(spec: NASExperimentSpec, rule: EarlyStopping) -> set[str]:
-    tags = {d.effective_tag for d in judged_definitions(spec)}
+    tags = {d.effective_tag for d in metric_definitions(spec)}
     if rule.progression != STEP:
         tags.add(rule.progression)
     return tags
@@ -92,7 +87,7 @@ def read_curves(
     """A finished trial's curves in one read (a reference for the rule); None if nothing usable is there."""
     reader = EventReader(log_dir, wanted_tags(spec, rule), limits)
     reader.update()
-    return curves_of(reader, judged_definitions(spec), rule)
+    return curves_of(reader, metric_definitions(spec), rule)
 
 
 @dataclass
@@ -118,7 +113,7 @@ class RunningCurves:
         report = watch.reader.update()
         for warning in report.warnings:
             log.debug("partial curves of %s: %s", trial, warning)
-        return curves_of(watch.reader, judged_definitions(self.spec), self.rule)
+        return curves_of(watch.reader, metric_definitions(self.spec), self.rule)
 
     def keep_only(self, trials: Iterable[str]) -> None:
         alive = set(trials)
