@@ -168,3 +168,31 @@ def test_an_early_stopped_trial_is_fitted_with_its_projection_and_never_proposed
     rows = {index for index, _ in fitted.index}
     assert stopped.index in rows and without_data.index not in rows  # the model saw the projected values
     assert fitted.loc[stopped.index]["mean"]["f1"].item() == pytest.approx(0.9)
+
+
+def _saasbo_after_initial_trials() -> Engine:
+    spec = _toy("saasbo", initial=4)
+    engine = Engine.create(spec, "toy")
+    for candidate in engine.generate(4):
+        engine.complete(candidate.index, _branin_currin(float(candidate.parameters["x"]), float(candidate.parameters["y"])))
+    return engine
+
+
+def test_saasbo_fits_and_proposes_after_the_initial_trials() -> None:
+    """The fully Bayesian model's packages (JAX, NumPyro) are part of the environment: SAASBO gets past Sobol."""
+    candidates = _saasbo_after_initial_trials().generate(2)
+    assert [c.generator for c in candidates] == ["MBM", "MBM"]
+    for c in candidates:
+        assert 0.0 <= float(c.parameters["x"]) <= 1.0 and 0.0 <= float(c.parameters["y"]) <= 1.0
+
+
+def test_a_missing_model_package_is_a_generation_error_that_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from nas_operator.search.engine import GenerationError
+
+    engine = _saasbo_after_initial_trials()
+    for module in ("jax", "numpyro"):  # an installation without botorch[fully-bayesian]
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(GenerationError, match=r"JAX and NumPyro .*set spec.algorithm.name to qnehvi"):
+        engine.generate(2)

@@ -418,3 +418,40 @@ def test_rendering_fills_bare_names_only_and_never_raises() -> None:
     assert render("--x={x} --n={n} --flag={flag} {{literal}}", values) == "--x=0.25 --n=3 --flag=true {literal}"
     hostile = "{x:>4000000000}{x!r}{x.real}{x[0]}{}{0}{unknown}{"
     assert render(hostile, values) == hostile  # left as written: validation refuses these, launching never fails
+
+
+class _EngineWithoutItsModel(FakeEngine):
+    """Proposes the first `working` candidates, then raises like a model whose package is missing until `fixed`."""
+
+    def __init__(self, working: int) -> None:
+        super().__init__()
+        self.working = working
+        self.fixed = False
+        self.failed_calls = 0
+
+    def generate(self, count: int) -> list[Candidate]:
+        from nas_operator.search.engine import GenerationError
+
+        if len(self.statuses) >= self.working and not self.fixed:
+            self.failed_calls += 1
+            raise GenerationError("the model needs a Python package this installation lacks: No module named 'jax'")
+        return super().generate(min(count, self.working) if not self.fixed else count)
+
+
+def test_an_engine_that_cannot_generate_says_so_in_the_status_and_backs_off() -> None:
+    spec = toy_spec(maxTrials=6, parallelism=2)
+    engine = _EngineWithoutItsModel(working=2)
+    h = Harness(spec, backend=FakeBackend(lambda n: Script(polls=1)), engine=engine)
+    for _ in range(120):  # two minutes of one-second steps
+        h.loop.step()
+        h.clock.advance(1.0)
+    assert h.state.count("succeeded") == 2 and not h.loop.finished
+    assert h.state.phase == "Running" and h.state.reason == "GenerationFailed"
+    assert "No module named 'jax'" in h.state.message and "attempt" in h.state.message
+    # backoff 5, 10, 20, 40 s...: a handful of attempts in two minutes, not one per step
+    assert 3 <= engine.failed_calls <= 6, engine.failed_calls
+    assert h.store.load()[0].reason == "GenerationFailed"  # the reason reaches the stored state (and the status)
+    assert any(e.reason == "EngineError" and e.warning for e in h.events)
+    engine.fixed = True  # the operator was upgraded: the next try succeeds and the experiment goes on by itself
+    h.run(max_steps=400)
+    assert h.state.phase == "Succeeded" and h.state.count("succeeded") == 6

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 LAUNCH_RETRY_FIRST_SECONDS = 2.0
 LAUNCH_RETRY_MAX_SECONDS = 60.0
 LAUNCH_RETRY_LIMIT = 8
+# Asking the engine again after a generation call raised: exponential backoff (a failing model fit can cost a minute
+# of CPU, and a missing package will not appear by itself), never giving up: an operator upgrade that fixes the cause
+# lets the experiment go on without a person touching it.
+GENERATION_RETRY_FIRST_SECONDS = 5.0
+GENERATION_RETRY_MAX_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class ExperimentLoop:
         self.count_downtime = count_downtime
         self.generation_seconds: list[float] = []
         self.last_engine_error = ""
+        self.generation_failures = 0  # consecutive generation calls that raised
+        self._generation_error = ""
+        self._generation_retry_at = 0.0
         self._dirty = False
         self._concluded = False
         self._stopper: TrialStopper | None = None
@@ -170,7 +178,7 @@ class ExperimentLoop:
         changed |= self._trim_queue()
         if decision is None and not self.spec.suspend:
             changed |= self._launch_into_free_slots(now)
-            self._request_candidates()
+            self._request_candidates(now)
         changed |= self._update_phase(now)
         return self._persist_if(changed)
 
@@ -202,6 +210,13 @@ class ExperimentLoop:
             self.last_engine_error = error
             self._emit("EngineError", error, warning=True)
         self.generation_seconds.extend(output.generation_seconds)
+        if output.generation_errors:
+            self.generation_failures += len(output.generation_errors)
+            self._generation_error = output.generation_errors[-1]
+            backoff = GENERATION_RETRY_FIRST_SECONDS * 2 ** min(self.generation_failures - 1, 16)
+            self._generation_retry_at = now + min(backoff, GENERATION_RETRY_MAX_SECONDS)
+        elif output.candidates:
+            self.generation_failures, self._generation_error, self._generation_retry_at = 0, "", 0.0
         if output.snapshot is not None:
             self.engine_snapshot = output.snapshot
             changed = True
@@ -419,8 +434,8 @@ class ExperimentLoop:
             excess -= 1
         return True
 
-    def _request_candidates(self) -> None:
-        if self.worker.generating:
+    def _request_candidates(self, now: float) -> None:
+        if self.worker.generating or now < self._generation_retry_at:
             return
         queued = self.state.count("queued")
         remaining = self.spec.budget.max_trials - self.state.launched - queued
@@ -485,7 +500,7 @@ class ExperimentLoop:
         self._emit("Resumed", "the experiment continues")
 
     def _update_phase(self, now: float) -> bool:
-        before = (self.state.phase, self.state.reason)
+        before = (self.state.phase, self.state.reason, self.state.message)
         active = self.state.count(*ACTIVE)
         if self.spec.suspend:
             if active == 0:
@@ -494,11 +509,18 @@ class ExperimentLoop:
             else:
                 self.state.phase, self.state.reason = "Running", "Suspending"
                 self.state.message = f"spec.suspend is true: waiting for {active} running trial(s)"
+        elif self._generation_error and not self.state.count("queued"):
+            self.state.phase = "Running" if self.state.launched else self.state.phase
+            self.state.reason = "GenerationFailed"
+            self.state.message = (
+                f"the engine could not propose candidates ({self.generation_failures} attempt(s), retried with "
+                f"backoff; {active} trial(s) running): {self._generation_error}"
+            )[:1000]
         elif self.state.launched:
             self.state.phase = "Running"
             self.state.reason = "TrialsRunning" if active else "WaitingForCandidates"
             self.state.message = ""
-        return (self.state.phase, self.state.reason) != before
+        return (self.state.phase, self.state.reason, self.state.message) != before
 
     # ------------------------------------------------------------------ helpers
 

@@ -39,6 +39,10 @@ logging.getLogger("ax.storage.sqa_store.with_db_settings_base").addFilter(lambda
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
 
+class GenerationError(RuntimeError):
+    """The model cannot propose candidates for a reason a person must fix (a missing package); said in the status."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A proposed trial: its index in the experiment and its full parameterization."""
@@ -125,6 +129,16 @@ def _generation_method(spec: NASExperimentSpec) -> str:
     return {"sobol": "random_search", "qnehvi": "fast", "saasbo": "quality"}[name]
 
 
+def _missing_package_message(spec: NASExperimentSpec, exc: ImportError) -> str:
+    if _generation_method(spec) == "quality":
+        return (
+            f"the SAAS model (spec.algorithm.name {spec.algorithm.name!r}; auto picks it from {SAASBO_MIN_PARAMETERS} "
+            f"tunable parameters) needs JAX and NumPyro (botorch[fully-bayesian]), which this installation lacks "
+            f"({exc}); install them, or set spec.algorithm.name to qnehvi"
+        )
+    return f"the model needs a Python package this installation lacks: {exc}"
+
+
 class Engine:
     """An Ax experiment plus its generation strategy, behind a small plain-Python interface."""
 
@@ -198,6 +212,8 @@ class Engine:
             except (DataRequiredError, MaxParallelismReachedException) as exc:
                 log.info("no candidate now: %s", exc)
                 return []
+            except ImportError as exc:  # Ax imports a model's packages only when it first fits that model
+                raise GenerationError(_missing_package_message(self.spec, exc)) from exc
             trials = self._client._experiment.trials
         candidates = []
         for index, parameters in sorted(proposed.items()):

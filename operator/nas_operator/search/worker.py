@@ -35,6 +35,9 @@ class WorkerOutput:
     snapshot: dict[str, Any] | None = None
     generation_seconds: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Generation calls that raised, apart from `errors`: the loop backs off and says so in the status (a model that
+    # cannot propose anything leaves the experiment waiting, which the user must be able to see and fix).
+    generation_errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,9 +93,16 @@ class InlineEngineWorker:
         try:
             _run_op(self.engine, op, self._output, self._on_generation)
         except Exception as exc:
-            self._output.errors.append(f"{op.kind} failed: {exc}")
-            log.error("engine %s failed:\n%s", op.kind, traceback.format_exc())
+            _record_failure(self._output, op, exc)
         self._dirty = True
+
+
+def _record_failure(output: WorkerOutput, op: _Op, exc: Exception) -> None:
+    message = f"{op.kind} failed: {exc}"
+    output.errors.append(message)
+    if op.kind == "generate":
+        output.generation_errors.append(str(exc))
+    log.error("engine %s failed:\n%s", op.kind, traceback.format_exc())
 
 
 def _run_op(
@@ -191,8 +201,7 @@ class ThreadedEngineWorker:
                 try:
                     _run_op(self.engine, item, local, self._on_generation)
                 except Exception as exc:
-                    local.errors.append(f"{item.kind} failed: {exc}")
-                    log.error("engine %s failed:\n%s", item.kind, traceback.format_exc())
+                    _record_failure(local, item, exc)
             try:
                 local.snapshot = self.engine.snapshot()
             except Exception as exc:  # keep the previous snapshot; the loop reports the error
@@ -204,6 +213,7 @@ class ThreadedEngineWorker:
                 self._output.candidates.extend(local.candidates)
                 self._output.generation_seconds.extend(local.generation_seconds)
                 self._output.errors.extend(local.errors)
+                self._output.generation_errors.extend(local.generation_errors)
                 if local.snapshot is not None:
                     self._output.snapshot = local.snapshot
 
