@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from nas_operator.core.loop import restore_engine
 from nas_operator.core.state import LoopState, TrialRecord
 from nas_operator.resource.spec_checks import load_experiment
 from nas_operator.search.engine import Engine
@@ -80,7 +81,7 @@ def main() -> None:
     decode(blob)
     decoded = time.perf_counter() - start
     start = time.perf_counter()
-    Engine.restore(load_experiment(unconstrained, cluster=False).spec, snapshot)
+    restore_engine(load_experiment(unconstrained, cluster=False).spec, snapshot, state)
     restored = time.perf_counter() - start
     print(
         f"state document for {len(state.trials)} trials: {len(blob) / 1024:.1f} KiB gzip "

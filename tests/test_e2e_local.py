@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from nas_operator.core.loop import restore_engine
 from nas_operator.resource.spec_checks import load_experiment
-from nas_operator.search.engine import Engine
 from nas_operator.storage.store import FileStore
 
 from .conftest import EXAMPLES, load_yaml, toy_doc
@@ -140,7 +140,7 @@ def test_interrupt_then_resume_runs_each_trial_exactly_once_to_a_result(tmp_path
     for name in succeeded_before:  # a finished trial is never run again
         assert not (results / "trials" / name / "attempt-1").exists()
     spec = load_experiment(yaml.safe_load(spec_path.read_text())).spec
-    engine = Engine.restore(spec, stored.engine)
+    engine = restore_engine(spec, stored.engine, stored.state)
     assert engine.trial_statuses() == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", 3: "COMPLETED"}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend
 from nas_operator.cluster.telemetry import Telemetry
-from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.core.loop import Event, ExperimentLoop, restore_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import build_status, timestamp
 from nas_operator.resource.policy import TrialPolicy
@@ -252,8 +252,7 @@ class ExperimentController:
                 )
             state = stored.state
             state.uid = state.uid or self.uid  # a state from before uids were recorded is adopted
-            engine = Engine.restore(spec, stored.engine)
-            reconcile_engine(engine, state)
+            engine = restore_engine(spec, stored.engine, state)
         backend = KubernetesBackend(
             self.api_client,
             self.namespace,

@@ -42,7 +42,7 @@ from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRec
 from nas_operator.core.stopping import TrialStopper
 from nas_operator.resource.spec import NASExperimentSpec
 from nas_operator.resource.spec_checks import parse_duration
-from nas_operator.search.engine import Engine
+from nas_operator.search.engine import Engine, TrialOutcome, TrialOutcomeStatus
 from nas_operator.search.stopping_rule import Verdict
 from nas_operator.search.worker import EngineWorker
 
@@ -77,6 +77,39 @@ class StopDecision:
     phase: str
     reason: str
     message: str
+
+
+_OUTCOMES: dict[str, TrialOutcomeStatus] = {
+    "queued": "pending",
+    "launching": "pending",
+    "running": "pending",
+    "succeeded": "completed",
+    "failed": "failed",
+    "stopped": "abandoned",
+    "earlyStopped": "early_stopped",
+}
+
+
+def trial_outcomes(state: LoopState) -> list[TrialOutcome]:
+    """The trial table as the engine is rebuilt from it on restore (the table, not Ax, is the record)."""
+    return [
+        TrialOutcome(
+            index=t.index,
+            parameters=t.parameters,
+            generator=t.generator,
+            status=_OUTCOMES[t.status],
+            metrics=t.projected if t.status == "earlyStopped" else t.metrics,
+            reason=t.reason,
+        )
+        for _, t in sorted(state.trials.items())
+    ]
+
+
+def restore_engine(spec: NASExperimentSpec, snapshot: dict[str, Any], state: LoopState) -> Engine:
+    """The engine of a stored experiment, in line with its trial table."""
+    engine = Engine.restore(spec, snapshot, trial_outcomes(state))
+    reconcile_engine(engine, state)  # a legacy snapshot holds trials of its own that may lag behind the table
+    return engine
 
 
 def reconcile_engine(engine: Engine, state: LoopState) -> int:

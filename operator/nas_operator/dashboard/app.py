@@ -80,6 +80,7 @@ class Diagnostics:
         self._lock = threading.Lock()
 
     def get(self, item: Loaded) -> list[dict[str, Any]]:
+        from nas_operator.core.loop import trial_outcomes
         from nas_operator.search.analysis import model_diagnostics
 
         assert item.spec is not None and item.state is not None and item.engine is not None
@@ -88,7 +89,7 @@ class Diagnostics:
             cached = self._cache.get(item.key)
             if cached is not None and cached[0] == results:
                 return cached[1]
-            cards = [d.to_json() for d in model_diagnostics(item.spec, item.engine)]
+            cards = [d.to_json() for d in model_diagnostics(item.spec, item.engine, trial_outcomes(item.state))]
             self._cache[item.key] = (results, cards)
             return cards
 

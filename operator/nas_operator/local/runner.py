@@ -26,7 +26,7 @@ from rich.table import Table
 
 from nas_operator.backends.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.backends.local import LocalBackend
-from nas_operator.core.loop import Event, ExperimentLoop, reconcile_engine
+from nas_operator.core.loop import Event, ExperimentLoop, restore_engine
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import pareto_front
 from nas_operator.local.results import write_results
@@ -113,8 +113,7 @@ def open_experiment(experiment: NASExperiment, store: FileStore, fresh: bool) ->
             f"{store.path} was saved for a different search space, objectives or algorithm; "
             "restore the spec, choose another --results directory, or pass --fresh to start over"
         )
-    engine = Engine.restore(experiment.spec, stored.engine)
-    reconcile_engine(engine, stored.state)
+    engine = restore_engine(experiment.spec, stored.engine, stored.state)
     return stored.state, engine, True
 
 

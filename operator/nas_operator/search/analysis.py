@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nas_operator.resource.spec import NASExperimentSpec
-from nas_operator.search.engine import Engine, model_metrics
+from nas_operator.search.engine import Engine, TrialOutcome, model_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,15 @@ class Diagnostic:
         }
 
 
-def model_diagnostics(spec: NASExperimentSpec, snapshot: Mapping[str, Any]) -> list[Diagnostic]:
+def model_diagnostics(
+    spec: NASExperimentSpec, snapshot: Mapping[str, Any], trials: Iterable[TrialOutcome]
+) -> list[Diagnostic]:
     """Cross-validation of every modelled metric and each metric's parameter sensitivity, from a stored engine."""
     from ax.analysis.plotly.cross_validation import CrossValidationPlot
     from ax.analysis.plotly.plotly_analysis import PlotlyAnalysisCard
     from ax.analysis.plotly.sensitivity import SensitivityAnalysisPlot
 
-    engine = Engine.restore(spec, snapshot)
+    engine = Engine.restore(spec, snapshot, trials)
     # The engine keeps its Ax client private to the search package; the analyses need it whole.
     client: Any = engine.client
     requested: list[tuple[str, Any]] = [("cross-validation", CrossValidationPlot())]

@@ -2,8 +2,15 @@
 
 It turns a checked spec into an Ax `Client` (search space, objectives whose thresholds are
 the hypervolume reference point, outcome constraints, generation strategy), hands out
-candidates, takes results back, and serializes the whole state. Everything else in the
-project sees plain Python values, so it can be tested, stored and reasoned about without Ax.
+candidates, takes results back, and says in a small snapshot where generation stands. Everything
+else in the project sees plain Python values, so it can be tested, stored and reasoned about
+without Ax.
+
+State: the loop's trial table is the record (parameters, who proposed each trial, how it ended,
+its metrics). On restore the Ax experiment is rebuilt from it with the calls the live engine made,
+plus the snapshot's generation-strategy position and per-node generator state (Sobol's seed and
+draw count). Ax's own JSON snapshot grows ~18 KB per trial and its encoder rebuilds every trial's
+frame at each save; this one stays a few hundred bytes.
 
 Generation strategy: Ax's own dispatch (center point, Sobol, then BoTorch's modular model
 whose multi-objective default is qLogNEHVI) with two deliberate settings:
@@ -19,16 +26,22 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas_operator.resource.spec import NASExperimentSpec, Parameter
 from nas_operator.resource.spec_checks import parse_outcome_constraint, parse_parameter_constraint
 
 Scalar = int | float | str | bool
-SNAPSHOT_FORMAT = "ax-client-json/1"
+# nas-engine/2: a few hundred bytes whatever the experiment's size (the generation strategy's position and each
+# generation node's last state, such as Sobol's draw count); the trials come from the loop's trial table on restore.
+# ax-client-json/1: Ax's whole JSON snapshot (about 18 KB per trial, and its encoder rebuilds every trial's frame at
+# each save); still read, so a state saved by an earlier version restores.
+SNAPSHOT_FORMAT = "nas-engine/2"
+LEGACY_SNAPSHOT_FORMAT = "ax-client-json/1"
+TrialOutcomeStatus = Literal["pending", "completed", "failed", "abandoned", "early_stopped"]
 SAASBO_MIN_PARAMETERS = 16  # auto switches to the SAAS model from this many tunable parameters
 
 log = logging.getLogger(__name__)
@@ -37,6 +50,21 @@ log = logging.getLogger(__name__)
 # stops it) and torch.jit's deprecation warning raised by GPyTorch.
 logging.getLogger("ax.storage.sqa_store.with_db_settings_base").addFilter(lambda r: r.levelno >= logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What the engine needs of one trial to rebuild its experiment: the arm, who proposed it, how it ended.
+
+    `metrics` are the trial's results (completed) or the estimates given at an early stop (early_stopped).
+    """
+
+    index: int
+    parameters: Mapping[str, Scalar]
+    generator: str
+    status: TrialOutcomeStatus
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
 
 
 class GenerationError(RuntimeError):
@@ -180,12 +208,26 @@ class Engine:
         return cls(spec, client)
 
     @classmethod
-    def restore(cls, spec: NASExperimentSpec, snapshot: Mapping[str, Any]) -> Engine:
-        """The engine as it was when `snapshot()` was taken; it goes on with the same candidates."""
+    def restore(cls, spec: NASExperimentSpec, snapshot: Mapping[str, Any], trials: Iterable[TrialOutcome]) -> Engine:
+        """The engine as it was when `snapshot()` was taken, with `trials` (the loop's table) as its experiment.
+
+        It goes on with the same candidates: the Sobol sequence continues where it was, and the model is fitted on
+        the same data. With a legacy snapshot (Ax's whole JSON) `trials` is ignored: that snapshot holds its own, and
+        the caller reconciles them with the table (core/loop.reconcile_engine).
+        """
+        form = snapshot.get("format")
+        if form == LEGACY_SNAPSHOT_FORMAT:
+            return cls._restore_legacy(spec, snapshot)
+        if form != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown engine snapshot format {form!r}")
+        engine = cls.create(spec, str(snapshot.get("name") or "nas"))
+        engine._replay(sorted(trials, key=lambda t: t.index), snapshot)
+        return engine
+
+    @classmethod
+    def _restore_legacy(cls, spec: NASExperimentSpec, snapshot: Mapping[str, Any]) -> Engine:
         from ax import Client
 
-        if snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown engine snapshot format {snapshot.get('format')!r}")
         _configure_ax_logging()
         with _quiet_ax():
             # Ax's decoder consumes the dicts it is given; the caller's snapshot must stay intact.
@@ -195,9 +237,78 @@ class Engine:
         return cls(spec, client)
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-safe document of the whole state (experiment, data, generation strategy)."""
+        """A small JSON-safe document of what the trial table does not hold: where generation stands.
+
+        That is the generation strategy's current node and, per node, the state its generator left after its last
+        call (Sobol: the seed and how many points it has drawn, duplicates it skipped included). Its size does not
+        depend on the number of trials, so saving it at every step costs nothing.
+        """
+        from ax.storage.json_store.encoder import object_to_json
+
+        strategy = self._client._generation_strategy
+        nodes: dict[str, Any] = {}
+        for run in reversed(strategy._generator_runs):
+            name = run._generation_node_name
+            if name and name not in nodes:
+                nodes[name] = {
+                    "generator_key": run._generator_key,
+                    "state": object_to_json(run._generator_state_after_gen),
+                }
+                if len(nodes) == len(strategy._nodes):
+                    break
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "name": self._client._experiment.name,
+            "current_node": strategy.current_node_name,
+            "nodes": nodes,
+        }
+
+    def _replay(self, trials: list[TrialOutcome], snapshot: Mapping[str, Any]) -> None:
+        """Rebuild the Ax experiment from the trial table, in index order, with the calls the live engine made."""
+        from ax.core.arm import Arm
+        from ax.core.generator_run import GeneratorRun
+        from ax.storage.json_store.decoder import object_from_json
+
+        client = self._client
+        experiment = client._experiment
+        strategy = client._generation_strategy
+        strategy.experiment = experiment
+        node_states: Mapping[str, Any] = snapshot.get("nodes") or {}
+        last_of_node = {t.generator: t.index for t in trials}
         with _quiet_ax():
-            return {"format": SNAPSHOT_FORMAT, "client": self._client._to_json_snapshot()}
+            for outcome in trials:
+                arm = Arm(parameters={k: v for k, v in outcome.parameters.items() if k not in self._fixed})
+                while len(experiment.trials) < outcome.index:
+                    # An index the table no longer has (a queued candidate dropped when the budget was lowered): an
+                    # abandoned placeholder keeps every later trial at its own index.
+                    placeholder = experiment.new_trial(generator_run=GeneratorRun(arms=[arm]))
+                    placeholder.mark_abandoned(reason="dropped from the trial table")
+                node = outcome.generator if outcome.generator in strategy.nodes_by_name else None
+                state = None
+                if node is not None and last_of_node.get(node) == outcome.index and node in node_states:
+                    state = object_from_json(node_states[node]["state"])
+                run = GeneratorRun(
+                    arms=[arm],
+                    generation_node_name=node,
+                    generator_key=(node_states.get(node) or {}).get("generator_key") if node else None,
+                    generator_state_after_gen=state,
+                )
+                trial = experiment.new_trial(generator_run=run)
+                if node is not None:
+                    strategy._generator_runs.append(run)
+                if outcome.status == "abandoned":
+                    trial.mark_abandoned(reason=outcome.reason[:1000] or None)
+                    continue
+                trial.mark_running(no_runner_required=True)
+                if outcome.status == "completed":
+                    self.complete(outcome.index, outcome.metrics)
+                elif outcome.status == "failed":
+                    self.fail(outcome.index, outcome.reason)
+                elif outcome.status == "early_stopped":
+                    self.early_stop(outcome.index, outcome.metrics)
+        current = snapshot.get("current_node")
+        if current in strategy.nodes_by_name:
+            strategy._curr = strategy.nodes_by_name[current]
 
     def generate(self, count: int) -> list[Candidate]:
         """Up to `count` new candidates; trials not yet completed, failed or abandoned count as pending."""
