@@ -67,6 +67,23 @@ class TrialOutcome:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """How the model node's BoTorch pieces are configured (AX_DEFAULT_MODEL: Ax's own configuration).
+
+    Kept here, not in the spec: each setting is measured (bench/generation.py, bench/sample_efficiency.py) and
+    the defaults are the ones that cost no regret there.
+    """
+
+    warm_start: bool = True  # GP hyperparameters start from the previous fit's (search/warm_start.py)
+    num_restarts: int | None = 10  # acquisition optimizer restarts (None: Ax's default, 20)
+    raw_samples: int | None = 512  # raw samples its starting points are chosen from (None: Ax's default, 1024)
+    mc_samples: int | None = 64  # quasi-Monte Carlo samples of qLogNEHVI's posterior (None: BoTorch's 128)
+
+
+AX_DEFAULT_MODEL = ModelSettings(warm_start=False, num_restarts=None, raw_samples=None, mc_samples=None)
+
+
 class GenerationError(RuntimeError):
     """The model cannot propose candidates for a reason a person must fix (a missing package); said in the status."""
 
@@ -167,6 +184,40 @@ def _missing_package_message(spec: NASExperimentSpec, exc: ImportError) -> str:
     return f"the model needs a Python package this installation lacks: {exc}"
 
 
+def _configure_model_node(client: Any, settings: ModelSettings) -> None:
+    """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI)."""
+    from ax.generators.torch.botorch_modular.surrogate import ModelConfig, SurrogateSpec
+
+    from nas_operator.search.warm_start import HyperparameterMemory, WarmStartedSingleTaskGP
+
+    node = client._generation_strategy.nodes_by_name.get("MBM")
+    if node is None:
+        return
+    generator = node.generator_specs[0]
+    if settings.warm_start:
+        config = ModelConfig(
+            botorch_model_class=WarmStartedSingleTaskGP,
+            model_options={"memory": HyperparameterMemory()},
+            name="MBM defaults, warm-started",
+        )
+        generator.generator_kwargs["surrogate_spec"] = SurrogateSpec(model_configs=[config])
+    optimizer = {
+        key: value
+        for key, value in (("num_restarts", settings.num_restarts), ("raw_samples", settings.raw_samples))
+        if value is not None
+    }
+    options = dict(generator.generator_gen_kwargs.get("model_gen_options") or {})
+    if optimizer:
+        options["optimizer_kwargs"] = {**options.get("optimizer_kwargs", {}), **optimizer}
+    if settings.mc_samples is not None:
+        options["acquisition_function_kwargs"] = {
+            **options.get("acquisition_function_kwargs", {}),
+            "mc_samples": settings.mc_samples,
+        }
+    if options:
+        generator.generator_gen_kwargs["model_gen_options"] = options
+
+
 class Engine:
     """An Ax experiment plus its generation strategy, behind a small plain-Python interface."""
 
@@ -182,7 +233,7 @@ class Engine:
         return self._client
 
     @classmethod
-    def create(cls, spec: NASExperimentSpec, name: str = "nas") -> Engine:
+    def create(cls, spec: NASExperimentSpec, name: str = "nas", model: ModelSettings | None = None) -> Engine:
         from ax import Client
 
         _configure_ax_logging()
@@ -205,6 +256,8 @@ class Engine:
                 initialize_with_center=method != "random_search",
                 allow_exceeding_initialization_budget=True,
             )
+            if method == "fast":
+                _configure_model_node(client, model or ModelSettings())
         return cls(spec, client)
 
     @classmethod
