@@ -34,7 +34,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import response
-
 from nas_operator.core.loop import restore_engine
 from nas_operator.core.state import LoopState, TrialRecord, spec_fingerprint, trial_name
 from nas_operator.resource.spec import NASExperimentSpec
@@ -44,6 +43,10 @@ from nas_operator.storage.store import CONFIGMAP_STATE_LIMIT, decode, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits-mlp.yaml"
+HEADER = (
+    "| trials | state | save (encode + gzip) | stored size | fits a ConfigMap | restore "
+    "| Ax/ours: save, size, restore |"
+)
 
 
 def experiment_spec(trials: int) -> NASExperimentSpec:
@@ -108,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [40] if args.quick else [int(x) for x in args.trials.split(",")]
     print(f"ConfigMap store limit: {CONFIGMAP_STATE_LIMIT / 1024:.0f} KiB compressed\n")
-    print("| trials | state | save (encode + gzip) | stored size | fits a ConfigMap | restore | ratio Ax/ours (save, size, restore) |")
+    print(HEADER)
     print("|---|---|---|---|---|---|---|")
     for n in counts:
         spec = experiment_spec(n)
@@ -119,11 +122,10 @@ def main() -> None:
         ours, ax = rows["ours"], rows["ax"]
         for kind, label in (("ours", "ours: table + engine position"), ("ax", "Ax's JSON snapshot + table")):
             r = rows[kind]
-            ratio = (
-                f"{ax['save'] / ours['save']:.0f}x, {ax['size'] / ours['size']:.1f}x, {ax['restore'] / ours['restore']:.1f}x"
-                if kind == "ax"
-                else ""
-            )
+            ratio = ""
+            if kind == "ax":
+                ratio = f"{ax['save'] / ours['save']:.0f}x, {ax['size'] / ours['size']:.1f}x, "
+                ratio += f"{ax['restore'] / ours['restore']:.1f}x"
             fits = "yes" if r["size"] <= CONFIGMAP_STATE_LIMIT else "no"
             print(
                 f"| {n} | {label} | {r['save'] * 1000:.0f} ms | {r['size'] / 1024:.0f} KiB | {fits} "

@@ -23,7 +23,9 @@ def test_state_benchmark_quick() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| 40 \| (ours|Ax)[^|]*\| (\d+) ms \| (\d+) KiB \| (yes|no) \| ([\d.]+) s \|", result.stdout, re.M)
+    rows = re.findall(
+        r"^\| 40 \| (ours|Ax)[^|]*\| (\d+) ms \| (\d+) KiB \| (yes|no) \| ([\d.]+) s \|", result.stdout, re.M
+    )
     assert [r[0] for r in rows] == ["ours", "Ax"], result.stdout
     (_, ours_ms, ours_kib, _, _), (_, ax_ms, ax_kib, _, _) = rows
     assert int(ours_kib) < int(ax_kib) and int(ours_ms) <= int(ax_ms)

@@ -226,10 +226,11 @@ def test_an_engine_rebuilt_from_the_table_proposes_what_a_restore_of_axs_whole_s
 
     Covers each way a trial ends (completed, failed, early-stopped with and without data, pending).
     """
-    from nas_operator.search.engine import LEGACY_SNAPSHOT_FORMAT
+    from nas_operator.search.engine import AX_DEFAULT_MODEL, LEGACY_SNAPSHOT_FORMAT
 
     spec = _toy("qnehvi", initial=4)
-    engine = Engine.create(spec, "toy")
+    # Ax's configuration, which its JSON encoder can write (ours holds a model class and memory of its own)
+    engine = Engine.create(spec, "toy", model=AX_DEFAULT_MODEL)
     _drive(engine, batches=2, rounded=True)  # Ax's JSON keeps 10 decimals of each value: make that lossless
     table = _table(engine)
     failed, stopped, unlogged, pending = _generate(engine, 4)
@@ -246,7 +247,7 @@ def test_an_engine_rebuilt_from_the_table_proposes_what_a_restore_of_axs_whole_s
     assert pending.index in table
 
     legacy = Engine.restore(spec, {"format": LEGACY_SNAPSHOT_FORMAT, "client": engine.client._to_json_snapshot()}, [])
-    rebuilt = Engine.restore(spec, json.loads(json.dumps(engine.snapshot())), table.values())
+    rebuilt = Engine.restore(spec, json.loads(json.dumps(engine.snapshot())), table.values(), model=AX_DEFAULT_MODEL)
     assert rebuilt.trial_statuses() == legacy.trial_statuses() == engine.trial_statuses()
     assert rebuilt.generation_strategy_name == legacy.generation_strategy_name
     data = rebuilt.client._experiment.lookup_data().df.sort_values(["trial_index", "metric_name"])

@@ -186,7 +186,8 @@ def _missing_package_message(spec: NASExperimentSpec, exc: ImportError) -> str:
 
 def _configure_model_node(client: Any, settings: ModelSettings) -> None:
     """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI)."""
-    from ax.generators.torch.botorch_modular.surrogate import ModelConfig, SurrogateSpec
+    from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
+    from ax.generators.torch.botorch_modular.utils import ModelConfig
 
     from nas_operator.search.warm_start import HyperparameterMemory, WarmStartedSingleTaskGP
 
@@ -261,7 +262,13 @@ class Engine:
         return cls(spec, client)
 
     @classmethod
-    def restore(cls, spec: NASExperimentSpec, snapshot: Mapping[str, Any], trials: Iterable[TrialOutcome]) -> Engine:
+    def restore(
+        cls,
+        spec: NASExperimentSpec,
+        snapshot: Mapping[str, Any],
+        trials: Iterable[TrialOutcome],
+        model: ModelSettings | None = None,
+    ) -> Engine:
         """The engine as it was when `snapshot()` was taken, with `trials` (the loop's table) as its experiment.
 
         It goes on with the same candidates: the Sobol sequence continues where it was, and the model is fitted on
@@ -273,7 +280,7 @@ class Engine:
             return cls._restore_legacy(spec, snapshot)
         if form != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown engine snapshot format {form!r}")
-        engine = cls.create(spec, str(snapshot.get("name") or "nas"))
+        engine = cls.create(spec, str(snapshot.get("name") or "nas"), model=model)
         engine._replay(sorted(trials, key=lambda t: t.index), snapshot)
         return engine
 
@@ -317,17 +324,25 @@ class Engine:
         }
 
     def _replay(self, trials: list[TrialOutcome], snapshot: Mapping[str, Any]) -> None:
-        """Rebuild the Ax experiment from the trial table, in index order, with the calls the live engine made."""
+        """Rebuild the Ax experiment from the trial table, in index order, with the data the live engine attached.
+
+        The same end state as replaying Client calls trial by trial, but every result is attached in one Data
+        object: Ax's per-call attach re-sorts the whole frame, which made a 1,000-trial restore quadratic (13 s).
+        """
+        import numpy as np
+        import pandas as pd
         from ax.core.arm import Arm
+        from ax.core.data import Data
         from ax.core.generator_run import GeneratorRun
         from ax.storage.json_store.decoder import object_from_json
 
-        client = self._client
-        experiment = client._experiment
-        strategy = client._generation_strategy
+        experiment = self._client._experiment
+        strategy = self._client._generation_strategy
         strategy.experiment = experiment
         node_states: Mapping[str, Any] = snapshot.get("nodes") or {}
         last_of_node = {t.generator: t.index for t in trials}
+        frames: list[Any] = []
+        ends: list[tuple[Any, TrialOutcome]] = []
         with _quiet_ax():
             for outcome in trials:
                 arm = Arm(parameters={k: v for k, v in outcome.parameters.items() if k not in self._fixed})
@@ -353,15 +368,34 @@ class Engine:
                     trial.mark_abandoned(reason=outcome.reason[:1000] or None)
                     continue
                 trial.mark_running(no_runner_required=True)
+                data = self._data_of(outcome)
+                if data and outcome.status in ("completed", "early_stopped"):
+                    raw = trial._raw_evaluations_to_data(raw_data={trial.arm.name: [(np.nan, data)]})
+                    frames.append(raw.full_df)
+                ends.append((trial, outcome))
+            if frames:
+                experiment.attach_data(Data(df=pd.concat(frames, ignore_index=True)))
+            for trial, outcome in ends:
                 if outcome.status == "completed":
-                    self.complete(outcome.index, outcome.metrics)
+                    trial.mark_completed()
                 elif outcome.status == "failed":
-                    self.fail(outcome.index, outcome.reason)
+                    trial.mark_failed(reason=outcome.reason[:1000])
                 elif outcome.status == "early_stopped":
-                    self.early_stop(outcome.index, outcome.metrics)
+                    if self._data_of(outcome):
+                        trial.mark_early_stopped()
+                    else:  # nothing was logged: only kept from being proposed again, as early_stop() does
+                        trial.mark_abandoned()
         current = snapshot.get("current_node")
         if current in strategy.nodes_by_name:
             strategy._curr = strategy.nodes_by_name[current]
+
+    def _data_of(self, outcome: TrialOutcome) -> dict[str, float]:
+        """The modelled metrics of a trial, as complete() and early_stop() give them to Ax."""
+        data = {name: float(outcome.metrics[name]) for name in self._metrics if name in outcome.metrics}
+        if outcome.status == "completed" and len(data) < len(self._metrics):
+            missing = [name for name in self._metrics if name not in data]
+            raise ValueError(f"trial {outcome.index} lacks metrics {missing}")
+        return data
 
     def generate(self, count: int) -> list[Candidate]:
         """Up to `count` new candidates; trials not yet completed, failed or abandoned count as pending."""

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import InputTransform
-from botorch.utils.types import DEFAULT
 from botorch.utils.datasets import SupervisedDataset
+from botorch.utils.types import DEFAULT
 from gpytorch.likelihoods import Likelihood
 from gpytorch.means import Mean
 from torch import Tensor
@@ -90,6 +90,6 @@ class WarmStartedSingleTaskGP(SingleTaskGP):
     def construct_inputs(  # type: ignore[override]
         cls, training_data: SupervisedDataset, memory: HyperparameterMemory | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        inputs = dict(super().construct_inputs(training_data, **kwargs))
+        inputs: dict[str, Any] = dict(super().construct_inputs(training_data, **kwargs))
         inputs["memory"] = memory
         return inputs
