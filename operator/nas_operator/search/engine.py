@@ -341,7 +341,8 @@ class Engine:
         strategy.experiment = experiment
         node_states: Mapping[str, Any] = snapshot.get("nodes") or {}
         last_of_node = {t.generator: t.index for t in trials}
-        frames: list[Any] = []
+        signatures = {name: metric.signature for name, metric in experiment.metrics.items()}
+        rows: list[tuple[Any, ...]] = []
         ends: list[tuple[Any, TrialOutcome]] = []
         with _quiet_ax():
             for outcome in trials:
@@ -368,13 +369,16 @@ class Engine:
                     trial.mark_abandoned(reason=outcome.reason[:1000] or None)
                     continue
                 trial.mark_running(no_runner_required=True)
-                data = self._data_of(outcome)
-                if data and outcome.status in ("completed", "early_stopped"):
-                    raw = trial._raw_evaluations_to_data(raw_data={trial.arm.name: [(np.nan, data)]})
-                    frames.append(raw.full_df)
+                if outcome.status in ("completed", "early_stopped"):
+                    # The rows Client.complete_trial writes: no SEM (the model infers the noise), no progression.
+                    rows += [
+                        (outcome.index, trial.arm.name, name, signatures[name], value, np.nan, np.nan)
+                        for name, value in self._data_of(outcome).items()
+                    ]
                 ends.append((trial, outcome))
-            if frames:
-                experiment.attach_data(Data(df=pd.concat(frames, ignore_index=True)))
+            if rows:
+                columns = ["trial_index", "arm_name", "metric_name", "metric_signature", "mean", "sem", "step"]
+                experiment.attach_data(Data(df=pd.DataFrame(rows, columns=columns)))
             for trial, outcome in ends:
                 if outcome.status == "completed":
                     trial.mark_completed()
