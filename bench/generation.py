@@ -1,14 +1,25 @@
-"""Candidate-generation latency and peak memory vs observations, objectives and batch size.
+"""Candidate-generation latency and peak memory vs observations, objectives and batch size: ours vs Ax's defaults.
 
-The 6-parameter digits MLP space (log-scale ints, a float, an ordered choice: the mixed space
-a NAS user has), with N completed observations from a smooth synthetic response (Ax's own
-initialization trials, so no model fit is needed to get there). Then one `generate(batch)` call
-is timed: Ax's default model-based step (a GP per objective, qLogNEHVI, mixed optimizer). Every point runs in a fresh
-process so its peak resident memory (ru_maxrss) is its own; the table shows the growth over
-the process's size just before the call. A point that runs past --timeout is reported as such.
+The 6-parameter digits MLP space (log-scale ints, a float, an ordered choice: the mixed space a
+NAS user has), with N - batch completed observations from a smooth synthetic response (Ax's own
+initialization trials, so no model fit is needed to get there). Then two model-based
+`generate(batch)` calls, as a running loop makes them: the first fits the model cold on N - batch
+observations; its candidates are completed, and the second, timed one, runs on N observations.
+Both contenders drive the same Ax Client and generation strategy (center, Sobol, then Ax's model
+node: a GP per outcome, qLogNEHVI, the mixed optimizer); they differ only in the model node's
+configuration (search/engine.py, ModelSettings):
 
-    .venv/bin/python bench/generation.py          # N in 10..200, 2 and 3 objectives, batch 1 and 4
+- ours: the engine's defaults (GP hyperparameters warm-started from the previous fit, 10 restarts
+  from 512 raw samples, 64 MC samples);
+- Ax defaults: Ax's own configuration (cold fits, 20 restarts from 1024 raw samples, 128 samples).
+
+Every (point, contender) runs in a fresh process, so its peak resident memory (ru_maxrss) is its
+own: the table shows the growth over the process's size before the first model call. A point that
+runs past --timeout is reported as such.
+
+    .venv/bin/python bench/generation.py          # N in 10..300, 2 and 3 objectives, batch 1 and 4
     .venv/bin/python bench/generation.py --quick  # N in 10, 25; 2 objectives
+    .venv/bin/python bench/generation.py --observations 1000,2000 --objectives 2 --batches 4 --contenders ours
 """
 
 from __future__ import annotations
@@ -43,32 +54,42 @@ def spec_document(objectives: int, observations: int) -> dict[str, Any]:
     return dict(document)
 
 
-def measure_point(observations: int, objectives: int, batch: int) -> dict[str, Any]:
-    """In this process: complete `observations` initial trials, then time one model-based generation."""
-    from nas_operator.resource.spec_checks import load_experiment
-    from nas_operator.search.engine import Engine
+CONTENDERS = ("ours", "Ax defaults")
 
-    spec = load_experiment(spec_document(objectives, observations), cluster=False).spec
-    engine = Engine.create(spec, "bench")
-    while sum(1 for s in engine.trial_statuses().values() if s == "COMPLETED") < observations:
-        for candidate in engine.generate(observations - len(engine.trial_statuses())):
+
+def measure_point(observations: int, objectives: int, batch: int, contender: str) -> dict[str, Any]:
+    """In this process: N - batch initial trials, a cold model call, then the timed one at N observations."""
+    from nas_operator.resource.spec_checks import load_experiment
+    from nas_operator.search.engine import AX_DEFAULT_MODEL, Engine, ModelSettings
+
+    initial = observations - batch
+    spec = load_experiment(spec_document(objectives, initial), cluster=False).spec
+    engine = Engine.create(spec, "bench", model=ModelSettings() if contender == "ours" else AX_DEFAULT_MODEL)
+    while sum(1 for s in engine.trial_statuses().values() if s == "COMPLETED") < initial:
+        for candidate in engine.generate(initial - len(engine.trial_statuses())):
             engine.complete(candidate.index, response(candidate.parameters))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    first = engine.generate(batch)
+    first_seconds = time.perf_counter() - start
+    for candidate in first:
+        engine.complete(candidate.index, response(candidate.parameters))
     start = time.perf_counter()
     candidates = engine.generate(batch)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "seconds": seconds,
+        "first_seconds": first_seconds,
         "rss_before_mib": before / 1024,
         "growth_mib": (peak - before) / 1024,
         "candidates": len(candidates),
-        "generator": candidates[0].generator if candidates else "",
+        "generators": sorted({c.generator for c in first + candidates}),
     }
 
 
-def run_point(observations: int, objectives: int, batch: int, timeout: float) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--point", f"{observations},{objectives},{batch}"]
+def run_point(observations: int, objectives: int, batch: int, contender: str, timeout: float) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--point", f"{observations},{objectives},{batch}", "--contender", contender]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -78,42 +99,65 @@ def run_point(observations: int, objectives: int, batch: int, timeout: float) ->
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def cell(point: dict[str, Any], batch: int, timeout: float) -> str:
+    if point.get("timeout"):
+        return f"> {timeout:.0f} s (stopped)"
+    if "error" in point:
+        return f"error: {point['error'][:60]}"
+    if point["generators"] != ["MBM"] or point["candidates"] != batch:
+        return f"not a model step: {point['candidates']} x {','.join(point['generators'])}"
+    return f"{point['seconds']:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--observations", default="10,25,50,100,200")
+    parser.add_argument("--observations", default="10,25,50,100,200,300")
     parser.add_argument("--objectives", default="2,3")
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per point")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="ours and/or 'Ax defaults'")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point and contender")
     parser.add_argument("--quick", action="store_true", help="observations 10,25; 2 objectives")
     parser.add_argument("--point", help=argparse.SUPPRESS)
+    parser.add_argument("--contender", default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         observations, objectives, batch = (int(x) for x in args.point.split(","))
-        print(json.dumps(measure_point(observations, objectives, batch)))
+        print(json.dumps(measure_point(observations, objectives, batch, args.contender)))
         return
     if args.quick:
         args.observations, args.objectives = "10,25", "2"
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
     grid = [
         (n, m, q)
         for m in (int(x) for x in args.objectives.split(","))
         for n in (int(x) for x in args.observations.split(","))
         for q in (int(x) for x in args.batches.split(","))
+        if n > q
     ]
-    print("| objectives | observations | batch | generation | peak memory growth | process RSS before |")
-    print("|---|---|---|---|---|---|")
+    header = " | ".join(f"{c}: next call | {c}: first call | {c}: memory" for c in contenders)
+    ratio = len(contenders) == 2
+    print(f"| objectives | observations | batch | {header} |" + (" Ax defaults / ours (next call) |" if ratio else ""))
+    print("|---|---|---|" + "---|---|---|" * len(contenders) + ("---|" if ratio else ""))
     for n, m, q in grid:
         started = time.perf_counter()
-        point = run_point(n, m, q, args.timeout)
-        if point.get("timeout"):
-            cells = f"> {args.timeout:.0f} s (stopped) | - | -"
-        elif "error" in point:
-            cells = f"error: {point['error'][:60]} | - | -"
-        elif point["generator"] != "MBM" or point["candidates"] != q:
-            cells = f"not a model step: {point['candidates']} x {point['generator']} | - | -"
-        else:
-            cells = f"{point['seconds']:.1f} s | {point['growth_mib']:.0f} MiB | {point['rss_before_mib']:.0f} MiB"
-        print(f"| {m} | {n} | {q} | {cells} |", flush=True)
-        print(f"   ({time.perf_counter() - started:.0f} s with process start)", file=sys.stderr, flush=True)
+        points = {c: run_point(n, m, q, c, args.timeout) for c in contenders}
+        cells = []
+        for c in contenders:
+            p = points[c]
+            ok = "seconds" in p and p["generators"] == ["MBM"] and p["candidates"] == q
+            first = f"{p['first_seconds']:.1f} s" if ok else "-"
+            memory = f"+{p['growth_mib']:.0f} MiB over {p['rss_before_mib']:.0f}" if ok else "-"
+            cells.append(f"{cell(p, q, args.timeout)} | {first} | {memory}")
+        line = f"| {m} | {n} | {q} | " + " | ".join(cells) + " |"
+        if ratio:
+            ours, ax = points["ours"], points["Ax defaults"]
+            both = all("seconds" in p for p in (ours, ax))
+            line += f" {ax['seconds'] / ours['seconds']:.1f}x |" if both else " - |"
+        print(line, flush=True)
+        print(f"   ({time.perf_counter() - started:.0f} s with process starts)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
