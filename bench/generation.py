@@ -10,8 +10,8 @@ node: a GP per outcome, qLogNEHVI, the mixed optimizer); they differ only in the
 configuration (search/engine.py, ModelSettings):
 
 - ours: the engine's defaults (GP hyperparameters warm-started from the previous fit, 10 restarts
-  from 512 raw samples, 64 MC samples);
-- Ax defaults: Ax's own configuration (cold fits, 20 restarts from 1024 raw samples, 128 samples).
+  from 512 raw samples);
+- Ax defaults: Ax's own configuration (cold fits, 20 restarts from 1024 raw samples).
 
 Every (point, contender) runs in a fresh process, so its peak resident memory (ru_maxrss) is its
 own: the table shows the growth over the process's size before the first model call. A point that

@@ -134,7 +134,14 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
     with tempfile.TemporaryDirectory(prefix="nas-bench-") as tmp:
         state = LoopState("bench", spec_fingerprint(spec))
         loop = ExperimentLoop(
-            spec, state, InlineEngineWorker(engine), backend, FileStore(Path(tmp)), engine.snapshot(), lookahead=0
+            spec,
+            state,
+            InlineEngineWorker(engine),
+            backend,
+            FileStore(Path(tmp)),
+            engine.snapshot(),
+            lookahead=0,
+            max_generation_failures=3,
         )
         try:
             while not loop.finished:
@@ -142,6 +149,8 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
                 time.sleep(0.001)
         finally:
             backend.shutdown()
+    if state.reason == "GenerationFailed":  # a broken configuration must not pass for a poor result
+        raise RuntimeError(state.message)
     trials = sorted(state.trials.values(), key=lambda t: t.index)
     return [[t.metrics[name] for name in names] for t in trials if t.status == "succeeded"]
 

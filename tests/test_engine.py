@@ -303,3 +303,17 @@ def test_an_index_dropped_from_the_table_is_kept_by_an_abandoned_placeholder() -
         kept.index: "RUNNING",
     }
     assert [c.index for c in rebuilt.generate(1)] == [kept.index + 1]
+
+
+def test_the_tuned_model_node_also_proposes_while_no_observation_is_feasible() -> None:
+    """Ax switches to qLogProbabilityOfFeasibility until some observation meets every threshold; our options fit it."""
+    doc = toy_doc(maxTrials=12, parallelism=2)
+    doc["spec"]["objectives"] = [
+        {"metric": "f1", "goal": "minimize", "threshold": 0.001},
+        {"metric": "f2", "goal": "minimize", "threshold": 0.001},
+    ]
+    doc["spec"]["algorithm"] = {"name": "qnehvi", "initialTrials": 4, "seed": 3}
+    engine = Engine.create(load_experiment(doc).spec, "toy")
+    _drive(engine, batches=2)  # Branin-Currin's scaled values are far above 0.001: nothing is feasible
+    candidates = engine.generate(2)
+    assert [c.generator for c in candidates] == ["MBM", "MBM"]

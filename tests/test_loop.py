@@ -455,3 +455,14 @@ def test_an_engine_that_cannot_generate_says_so_in_the_status_and_backs_off() ->
     engine.fixed = True  # the operator was upgraded: the next try succeeds and the experiment goes on by itself
     h.run(max_steps=400)
     assert h.state.phase == "Succeeded" and h.state.count("succeeded") == 6
+
+
+def test_a_local_run_gives_up_on_an_engine_that_keeps_failing() -> None:
+    spec = toy_spec(maxTrials=6, parallelism=2)
+    engine = _EngineWithoutItsModel(working=2)
+    h = Harness(spec, backend=FakeBackend(lambda n: Script(polls=1)), engine=engine)
+    h.loop.max_generation_failures = 3
+    h.run(max_steps=400)
+    assert (h.state.phase, h.state.reason) == ("Failed", "GenerationFailed")
+    assert "3 times in a row" in h.state.message and "No module named 'jax'" in h.state.message
+    assert h.state.count("succeeded") == 2 and engine.failed_calls == 3

@@ -151,6 +151,7 @@ class ExperimentLoop:
         on_event: Callable[[Event], None] | None = None,
         lookahead: int | None = None,
         count_downtime: bool = False,
+        max_generation_failures: int | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -162,6 +163,9 @@ class ExperimentLoop:
         self.on_event = on_event or (lambda event: None)
         self.lookahead = spec.budget.parallelism if lookahead is None else lookahead
         self.count_downtime = count_downtime
+        # None (the operator): retry a failing engine forever, so fixing the cause (an upgrade) resumes the search.
+        # A number (nasctl run): after that many failures in a row with nothing left running, the run fails.
+        self.max_generation_failures = max_generation_failures
         self.generation_seconds: list[float] = []
         self.last_engine_error = ""
         self.generation_failures = 0  # consecutive generation calls that raised
@@ -503,6 +507,17 @@ class ExperimentLoop:
                 "BudgetExhausted",
                 f"all {budget.max_trials} trials ran: {succeeded} succeeded, {failed} failed"
                 + (f", {early} stopped early" if (early := self.state.count("earlyStopped")) else ""),
+            )
+        if (
+            self.max_generation_failures is not None
+            and self.generation_failures >= self.max_generation_failures
+            and not self.state.count(*ACTIVE, "queued")
+        ):
+            return StopDecision(
+                "Failed",
+                "GenerationFailed",
+                f"the engine could not propose candidates {self.generation_failures} times in a row: "
+                f"{self._generation_error}"[:1000],
             )
         return None
 

@@ -37,6 +37,9 @@ from nas_operator.search.worker import InlineEngineWorker, ThreadedEngineWorker
 from nas_operator.storage.store import FileStore
 
 POLL_SECONDS = 0.25
+# A local run gives up on an engine that raised this many times in a row with nothing left running (backoff 5, 10,
+# 20, 40 s: about a minute and a quarter); the operator retries forever instead (its status says why it waits).
+GENERATION_ATTEMPTS = 5
 
 
 class ResumeError(RuntimeError):
@@ -200,7 +203,17 @@ def run_local(
         console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.reason:<15}[/] {prefix}{message}")
 
     loop_spec = _with_parallelism(spec, parallelism)
-    loop = ExperimentLoop(loop_spec, state, worker, backend, store, snapshot, on_event=on_event, lookahead=lookahead)
+    loop = ExperimentLoop(
+        loop_spec,
+        state,
+        worker,
+        backend,
+        store,
+        snapshot,
+        on_event=on_event,
+        lookahead=lookahead,
+        max_generation_failures=GENERATION_ATTEMPTS,
+    )
     start = time.monotonic()
     interrupted = False
     task = progress.add_task("search", total=spec.budget.max_trials, name=state.experiment, detail="")
