@@ -317,3 +317,48 @@ def test_the_tuned_model_node_also_proposes_while_no_observation_is_feasible() -
     _drive(engine, batches=2)  # Branin-Currin's scaled values are far above 0.001: nothing is feasible
     candidates = engine.generate(2)
     assert [c.generator for c in candidates] == ["MBM", "MBM"]
+
+
+def _model_config(engine: Engine) -> Any:
+    spec = engine.client._generation_strategy.nodes_by_name["MBM"].generator_specs[0]
+    surrogate = spec.generator_kwargs.get("surrogate_spec")
+    return surrogate.model_configs[0] if surrogate is not None else None
+
+
+def test_each_model_fit_starts_from_the_previous_fits_hyperparameters() -> None:
+    engine = Engine.create(_toy("qnehvi", initial=4), "toy")
+    _drive(engine, batches=4)  # two model calls after the four initial trials
+    memory = _model_config(engine).model_options["memory"]
+    assert memory.warm_starts >= 1
+    fitted = engine.client._generation_strategy.adapter.generator.surrogate.model
+    assert type(fitted).__name__ == "WarmStartedSingleTaskGP"
+
+
+def test_warm_start_loads_only_parameters_whose_shapes_agree() -> None:
+    import torch
+
+    from nas_operator.search.warm_start import HyperparameterMemory, WarmStartedSingleTaskGP
+
+    memory = HyperparameterMemory()
+    x, y = torch.rand(8, 2, dtype=torch.float64), torch.rand(8, 1, dtype=torch.float64)
+    first = WarmStartedSingleTaskGP(x, y, memory=memory)
+    with torch.no_grad():
+        first.covar_module.raw_lengthscale.fill_(0.7)
+    second = WarmStartedSingleTaskGP(
+        torch.rand(9, 2, dtype=torch.float64), torch.rand(9, 1, dtype=torch.float64), memory=memory
+    )
+    assert torch.all(second.covar_module.raw_lengthscale == 0.7) and memory.warm_starts == 1
+    third = WarmStartedSingleTaskGP(
+        torch.rand(9, 3, dtype=torch.float64), torch.rand(9, 1, dtype=torch.float64), memory=memory
+    )
+    assert third.covar_module.raw_lengthscale.shape[-1] == 3  # another dimension: nothing to load, starts cold
+    assert not torch.all(third.covar_module.raw_lengthscale == 0.7)
+
+
+def test_a_space_with_categories_keeps_axs_model_choice() -> None:
+    doc = toy_doc(maxTrials=12, parallelism=2)
+    doc["spec"]["parameters"].append({"name": "act", "type": "choice", "values": ["relu", "tanh", "gelu"]})
+    doc["spec"]["algorithm"] = {"name": "qnehvi", "initialTrials": 4, "seed": 3}
+    engine = Engine.create(load_experiment(doc).spec, "toy")
+    config = _model_config(engine)
+    assert config is None or config.botorch_model_class is None

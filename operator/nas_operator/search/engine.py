@@ -128,18 +128,25 @@ def _parameter_config(p: Parameter) -> Any:
             scaling="log" if p.log_scale else "linear",
         )
     assert p.values is not None
+    choice_kind, values = _choice_values(p)
+    return ChoiceParameterConfig(name=p.name, values=values, parameter_type=choice_kind, is_ordered=_ordered(p))
+
+
+def _choice_values(p: Parameter) -> tuple[Literal["bool", "int", "float", "str"], list[Any]]:
+    assert p.values is not None
     values: list[Any] = list(p.values)
-    choice_kind: Literal["bool", "int", "float", "str"]
     if all(isinstance(v, bool) for v in values):
-        choice_kind = "bool"
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        choice_kind = "int"
-    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        choice_kind, values = "float", [float(v) for v in values]
-    else:
-        choice_kind, values = "str", [str(v) for v in values]
-    ordered = p.ordered if p.ordered is not None else choice_kind in ("int", "float")
-    return ChoiceParameterConfig(name=p.name, values=values, parameter_type=choice_kind, is_ordered=ordered)
+        return "bool", values
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int", values
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "float", [float(v) for v in values]
+    return "str", [str(v) for v in values]
+
+
+def _ordered(p: Parameter) -> bool:
+    """A choice's order: as declared, else numeric choices are ordered and the others are categories."""
+    return p.ordered if p.ordered is not None else _choice_values(p)[0] in ("int", "float")
 
 
 def objective_expression(spec: NASExperimentSpec) -> str:
@@ -185,8 +192,12 @@ def _missing_package_message(spec: NASExperimentSpec, exc: ImportError) -> str:
     return f"the model needs a Python package this installation lacks: {exc}"
 
 
-def _configure_model_node(client: Any, settings: ModelSettings) -> None:
-    """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI)."""
+def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelSettings) -> None:
+    """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI).
+
+    The warm start replaces the model class Ax would choose, so it applies only where Ax chooses BoTorch's
+    SingleTaskGP: a space without unordered categories (with them Ax may choose MixedSingleTaskGP).
+    """
     from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
     from ax.generators.torch.botorch_modular.utils import ModelConfig
 
@@ -196,7 +207,8 @@ def _configure_model_node(client: Any, settings: ModelSettings) -> None:
     if node is None:
         return
     generator = node.generator_specs[0]
-    if settings.warm_start:
+    categorical = any(p.type == "choice" and not _ordered(p) for p in spec.parameters)
+    if settings.warm_start and not categorical:
         config = ModelConfig(
             botorch_model_class=WarmStartedSingleTaskGP,
             model_options={"memory": HyperparameterMemory()},
@@ -254,7 +266,7 @@ class Engine:
                 allow_exceeding_initialization_budget=True,
             )
             if method == "fast":
-                _configure_model_node(client, model or ModelSettings())
+                _configure_model_node(client, spec, model or ModelSettings())
         return cls(spec, client)
 
     @classmethod
