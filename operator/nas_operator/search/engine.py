@@ -377,6 +377,12 @@ class Engine:
                     trial.mark_abandoned(reason=outcome.reason[:1000] or None)
                     continue
                 trial.mark_running(no_runner_required=True)
+                if outcome.status == "completed" and len(self._data_of(outcome)) < len(self._metrics):
+                    # complete() refuses such a result; a table that holds one (edited by hand, or written by another
+                    # version) must not keep the experiment from restoring: never fitted, never proposed again.
+                    log.warning("trial %d lacks modelled metrics; restored as abandoned", outcome.index)
+                    trial.mark_abandoned(reason="metrics missing")
+                    continue
                 if outcome.status in ("completed", "early_stopped"):
                     # The rows Client.complete_trial writes: no SEM (the model infers the noise), no progression.
                     rows += [
@@ -403,11 +409,7 @@ class Engine:
 
     def _data_of(self, outcome: TrialOutcome) -> dict[str, float]:
         """The modelled metrics of a trial, as complete() and early_stop() give them to Ax."""
-        data = {name: float(outcome.metrics[name]) for name in self._metrics if name in outcome.metrics}
-        if outcome.status == "completed" and len(data) < len(self._metrics):
-            missing = [name for name in self._metrics if name not in data]
-            raise ValueError(f"trial {outcome.index} lacks metrics {missing}")
-        return data
+        return {name: float(outcome.metrics[name]) for name in self._metrics if name in outcome.metrics}
 
     def generate(self, count: int) -> list[Candidate]:
         """Up to `count` new candidates; trials not yet completed, failed or abandoned count as pending."""
