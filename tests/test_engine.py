@@ -362,3 +362,13 @@ def test_a_space_with_categories_keeps_axs_model_choice() -> None:
     engine = Engine.create(load_experiment(doc).spec, "toy")
     config = _model_config(engine)
     assert config is None or config.botorch_model_class is None
+
+
+def test_a_result_without_every_modelled_metric_does_not_keep_the_experiment_from_restoring() -> None:
+    spec = _toy("sobol")
+    engine = Engine.create(spec, "toy")
+    _drive(engine, batches=1)
+    table = _table(engine)
+    table[1] = TrialOutcome(1, table[1].parameters, table[1].generator, "completed", {"f1": 0.5})  # f2 lost
+    rebuilt = Engine.restore(spec, engine.snapshot(), table.values())
+    assert rebuilt.trial_statuses() == {0: "COMPLETED", 1: "ABANDONED"}
