@@ -9,8 +9,7 @@ Both contenders drive the same Ax Client and generation strategy (center, Sobol,
 node: a GP per outcome, qLogNEHVI, the mixed optimizer); they differ only in the model node's
 configuration (search/engine.py, ModelSettings):
 
-- ours: the engine's defaults (GP hyperparameters warm-started from the previous fit, 10 restarts
-  from 512 raw samples);
+- ours: the engine's defaults (GP hyperparameters warm-started from the previous fit);
 - Ax defaults: Ax's own configuration (cold fits, 20 restarts from 1024 raw samples).
 
 Every (point, contender) runs in a fresh process, so its peak resident memory (ru_maxrss) is its

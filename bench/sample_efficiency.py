@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import math
 import multiprocessing
@@ -47,6 +48,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 4
+MODEL_ENV = "NAS_BENCH_OURS_MODEL"  # --ours-model, handed to the worker processes
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
     from nas_operator.core.loop import ExperimentLoop
     from nas_operator.core.state import LoopState, spec_fingerprint
     from nas_operator.resource.spec_checks import load_experiment
-    from nas_operator.search.engine import Engine
+    from nas_operator.search.engine import Engine, ModelSettings
     from nas_operator.search.worker import InlineEngineWorker
     from nas_operator.storage.store import FileStore
 
@@ -129,7 +131,7 @@ def run_ours(problem: Any, budget: int, seed: int) -> list[list[float]]:
         x = [float(launch.parameters[f"x{i}"]) for i in range(len(dims))]
         return dict(zip(names, evaluate(problem, x), strict=True))
 
-    engine = Engine.create(spec, "bench")
+    engine = Engine.create(spec, "bench", model=ModelSettings(**json.loads(os.environ.get(MODEL_ENV, "{}"))))
     backend = InProcessBackend(trial, max_workers=BATCH)
     with tempfile.TemporaryDirectory(prefix="nas-bench-") as tmp:
         state = LoopState("bench", spec_fingerprint(spec))
@@ -450,7 +452,13 @@ def main() -> None:
     parser.add_argument("--digits", action="store_true", help="the digits NAS example instead (real trainings)")
     parser.add_argument("--digits-trials", type=int, default=48)
     parser.add_argument("--digits-seeds", type=int, default=3)
+    parser.add_argument(
+        "--ours-model",
+        default="{}",
+        help='our model node\'s settings as JSON, e.g. \'{"warm_start": false}\' (search/engine.py ModelSettings)',
+    )
     args = parser.parse_args()
+    os.environ[MODEL_ENV] = args.ours_model
     if args.digits:
         if args.quick:
             args.digits_trials, args.digits_seeds = 16, 2
