@@ -455,7 +455,7 @@ def main() -> None:
     parser.add_argument(
         "--ours-model",
         default="{}",
-        help='our model node\'s settings as JSON, e.g. \'{"warm_start": false}\' (search/engine.py ModelSettings)',
+        help="our model node's settings as JSON, e.g. '{\"warm_start\": false}' (search/engine.py ModelSettings)",
     )
     args = parser.parse_args()
     os.environ[MODEL_ENV] = args.ours_model
