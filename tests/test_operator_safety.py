@@ -102,7 +102,9 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
     print(f"chaos seed {seed} (replay with NAS_CHAOS_SEED={seed})")
     rng = random.Random(seed)
     runs = tmp_path / "runs.log"
-    doc = toy_experiment("chaos", CHAOS_TRIALS, CHAOS_PARALLELISM, sleep=60, runs=str(runs))
+    # 90 s trials: the 20 lives must fit inside the experiment (4 waves of 3, at least 6 minutes); with 60 s trials
+    # it ended after 17 lives once restores became fast (#12)
+    doc = toy_experiment("chaos", CHAOS_TRIALS, CHAOS_PARALLELISM, sleep=90, runs=str(runs))
     _apply(cluster, namespace, doc)
 
     # Lives 1, 4 and 8 end at the required points; a few more at other armed points; the rest by SIGKILL after a
@@ -143,7 +145,7 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
 
     operator_process.env["NAS_FAULT_INJECT"] = ""
     operator_process.start()
-    status = _wait_phase(cluster, namespace, "chaos", "Succeeded", operator_process.log_file, timeout=400)
+    status = _wait_phase(cluster, namespace, "chaos", "Succeeded", operator_process.log_file, timeout=600)
     assert status["trials"]["total"] == CHAOS_TRIALS and status["trials"]["succeeded"] == CHAOS_TRIALS
     _assert_each_result_once(cluster, namespace, "chaos", CHAOS_TRIALS)
     ran = Counter(runs.read_text().split())
