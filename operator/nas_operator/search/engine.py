@@ -354,7 +354,7 @@ class Engine:
         last_of_node = {t.generator: t.index for t in trials}
         signatures = {name: metric.signature for name, metric in experiment.metrics.items()}
         rows: list[tuple[Any, ...]] = []
-        ends: list[tuple[Any, TrialOutcome]] = []
+        ends: list[tuple[Any, TrialOutcome, bool]] = []
         with _quiet_ax():
             for outcome in trials:
                 arm = Arm(parameters={k: v for k, v in outcome.parameters.items() if k not in self._fixed})
@@ -380,7 +380,8 @@ class Engine:
                     trial.mark_abandoned(reason=outcome.reason[:1000] or None)
                     continue
                 trial.mark_running(no_runner_required=True)
-                if outcome.status == "completed" and len(self._data_of(outcome)) < len(self._metrics):
+                data = self._data_of(outcome)
+                if outcome.status == "completed" and len(data) < len(self._metrics):
                     # complete() refuses such a result; a table that holds one (edited by hand, or written by another
                     # version) must not keep the experiment from restoring: never fitted, never proposed again.
                     log.warning("trial %d lacks modelled metrics; restored as abandoned", outcome.index)
@@ -390,19 +391,19 @@ class Engine:
                     # The rows Client.complete_trial writes: no SEM (the model infers the noise), no progression.
                     rows += [
                         (outcome.index, trial.arm.name, name, signatures[name], value, np.nan, np.nan)
-                        for name, value in self._data_of(outcome).items()
+                        for name, value in data.items()
                     ]
-                ends.append((trial, outcome))
+                ends.append((trial, outcome, bool(data)))
             if rows:
                 columns = ["trial_index", "arm_name", "metric_name", "metric_signature", "mean", "sem", "step"]
                 experiment.attach_data(Data(df=pd.DataFrame(rows, columns=columns)))
-            for trial, outcome in ends:
+            for trial, outcome, has_data in ends:
                 if outcome.status == "completed":
                     trial.mark_completed()
                 elif outcome.status == "failed":
                     trial.mark_failed(reason=outcome.reason[:1000])
                 elif outcome.status == "early_stopped":
-                    if self._data_of(outcome):
+                    if has_data:
                         trial.mark_early_stopped()
                     else:  # nothing was logged: only kept from being proposed again, as early_stop() does
                         trial.mark_abandoned()
