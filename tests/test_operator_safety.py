@@ -89,6 +89,12 @@ def _assert_each_result_once(cluster: ControlPlane, namespace: str, name: str, c
 
 
 CHAOS_TRIALS, CHAOS_PARALLELISM, CHAOS_KILLS = 12, 3, 20
+# 90 s trials: the 20 lives must fit inside the experiment (4 waves of 3, at least 6 minutes); with 60 s trials it
+# ended after 17 lives once restores became fast (#12).
+CHAOS_TRIAL_SECONDS = 90
+# An armed point that needs a launch may have to wait for the running wave to end: a whole trial, the pods' start and
+# the operator's own start. 150 s was one 60 s trial's worth and missed by a 90 s wave once (seed 1631491314).
+CHAOS_POINT_WAIT = 2 * CHAOS_TRIAL_SECONDS + 90
 # Moments that a kill from outside rarely hits, armed through the operator's fault-injection hook: right after the
 # save that records new candidates, right after a Job create returned, right after the save of a result.
 REQUIRED_POINTS = ("save:candidates:after", "create:after", "save:result:after")
@@ -102,9 +108,7 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
     print(f"chaos seed {seed} (replay with NAS_CHAOS_SEED={seed})")
     rng = random.Random(seed)
     runs = tmp_path / "runs.log"
-    # 90 s trials: the 20 lives must fit inside the experiment (4 waves of 3, at least 6 minutes); with 60 s trials
-    # it ended after 17 lives once restores became fast (#12)
-    doc = toy_experiment("chaos", CHAOS_TRIALS, CHAOS_PARALLELISM, sleep=90, runs=str(runs))
+    doc = toy_experiment("chaos", CHAOS_TRIALS, CHAOS_PARALLELISM, sleep=CHAOS_TRIAL_SECONDS, runs=str(runs))
     _apply(cluster, namespace, doc)
 
     # Lives 1, 4 and 8 end at the required points; a few more at other armed points; the rest by SIGKILL after a
@@ -130,7 +134,7 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
         assert operator_process.process is not None
         if armed:
             try:
-                operator_process.process.wait(timeout=150)
+                operator_process.process.wait(timeout=CHAOS_POINT_WAIT)
             except Exception:
                 raise AssertionError(f"life {life}: {armed} never reached") from None
             assert operator_process.process.returncode == -9, operator_process.process.returncode
