@@ -24,6 +24,7 @@ memory, so its model candidates may differ slightly from a restored one's).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -67,6 +68,9 @@ class TrialOutcome:
     reason: str = ""
 
 
+TRAINING_LIMIT = 384
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """How the model node's BoTorch pieces are configured (AX_DEFAULT_MODEL: Ax's own configuration).
@@ -83,9 +87,12 @@ class ModelSettings:
     # against -1.46, 5 seeds), whose front lies on the boundary of the box: Ax's values stay.
     num_restarts: int | None = None
     raw_samples: int | None = None
+    # Observations the GP is fitted on at most (search/training_subset.py): beyond it the model sees the best
+    # non-dominated layers and a space-filling rest. None: every observation, as Ax does.
+    training_limit: int | None = TRAINING_LIMIT
 
 
-AX_DEFAULT_MODEL = ModelSettings(warm_start=False, num_restarts=None, raw_samples=None)
+AX_DEFAULT_MODEL = ModelSettings(warm_start=False, num_restarts=None, raw_samples=None, training_limit=None)
 
 
 class GenerationError(RuntimeError):
@@ -195,29 +202,74 @@ def _missing_package_message(spec: NASExperimentSpec, exc: ImportError) -> str:
     return f"the model needs a Python package this installation lacks: {exc}"
 
 
+@functools.cache
+def _subset_baseline_acquisition() -> type:
+    """Ax's Acquisition, whose noisy baseline is the model's training subset when the model was fitted on one.
+
+    Built on first use, so that importing this module does not import Ax. Everything else (the acquisition Ax
+    picks, the thresholds it infers from every observation, the points the optimizer must avoid) is Ax's.
+    """
+    from ax.generators.torch.botorch_modular.acquisition import Acquisition
+
+    from nas_operator.search.training_subset import TrainingSubset
+
+    class SubsetBaselineAcquisition(Acquisition):  # type: ignore[misc]
+        def _construct_botorch_acquisition(self, *args: Any, **kwargs: Any) -> Any:
+            subsets = [
+                options["subset"]
+                for config in self.surrogate.surrogate_spec.model_configs
+                if isinstance((options := config.model_options or {}).get("subset"), TrainingSubset)
+            ]
+            observed = self.X_observed
+            if subsets and observed is not None:
+                self.X_observed = subsets[0].baseline(observed)
+            try:
+                return super()._construct_botorch_acquisition(*args, **kwargs)
+            finally:
+                self.X_observed = observed
+
+    return SubsetBaselineAcquisition
+
+
+def metric_goals(spec: NASExperimentSpec) -> dict[str, int]:
+    """Each objective's and outcome constraint's direction: +1 where larger is better, -1 where smaller is."""
+    goals = {o.metric: 1 if o.goal == "maximize" else -1 for o in spec.objectives}
+    for text in spec.outcome_constraints:
+        constraint = parse_outcome_constraint(text)
+        goals.setdefault(constraint.metric, 1 if constraint.op == ">=" else -1)
+    return goals
+
+
 def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelSettings) -> None:
     """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI).
 
-    The warm start replaces the model class Ax would choose, so it applies only where Ax chooses BoTorch's
-    SingleTaskGP: a space without unordered categories (with them Ax may choose MixedSingleTaskGP).
+    The model class replaces the one Ax would choose, so it applies only where Ax chooses BoTorch's SingleTaskGP: a
+    space without unordered categories (with them Ax may choose MixedSingleTaskGP, fitted on every observation).
     """
     from ax.generators.torch.botorch_modular.surrogate import SurrogateSpec
     from ax.generators.torch.botorch_modular.utils import ModelConfig
 
-    from nas_operator.search.warm_start import HyperparameterMemory, WarmStartedSingleTaskGP
+    from nas_operator.search.single_task_gp import EngineSingleTaskGP
+    from nas_operator.search.training_subset import TrainingSubset
+    from nas_operator.search.warm_start import HyperparameterMemory
 
     node = client._generation_strategy.nodes_by_name.get("MBM")
     if node is None:
         return
     generator = node.generator_specs[0]
     categorical = any(p.type == "choice" and not _ordered(p) for p in spec.parameters)
-    if settings.warm_start and not categorical:
+    model_options: dict[str, Any] = {}
+    if settings.warm_start:
+        model_options["memory"] = HyperparameterMemory()
+    if settings.training_limit is not None:
+        model_options["subset"] = TrainingSubset(settings.training_limit, metric_goals(spec))
+    if model_options and not categorical:
         config = ModelConfig(
-            botorch_model_class=WarmStartedSingleTaskGP,
-            model_options={"memory": HyperparameterMemory()},
-            name="MBM defaults, warm-started",
+            botorch_model_class=EngineSingleTaskGP, model_options=model_options, name="MBM defaults, configured"
         )
         generator.generator_kwargs["surrogate_spec"] = SurrogateSpec(model_configs=[config])
+        if "subset" in model_options:
+            generator.generator_kwargs["acquisition_class"] = _subset_baseline_acquisition()
     optimizer = {
         key: value
         for key, value in (("num_restarts", settings.num_restarts), ("raw_samples", settings.raw_samples))

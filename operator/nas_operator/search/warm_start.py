@@ -3,9 +3,8 @@
 Ax builds a fresh BoTorch model for every generation call and fits its hyperparameters (length
 scales, noise, mean) from BoTorch's defaults. After a few dozen observations a batch of new results
 hardly moves the optimum of the marginal likelihood, so starting L-BFGS there instead converges in
-a fraction of the iterations: the same kind of optimum, found for less. This is configuration of
-BoTorch's own model (a `SingleTaskGP` whose constructor loads the last fitted values), given to Ax
-as the model class of the generation strategy's model node; nothing else about the fit changes.
+a fraction of the iterations: the same kind of optimum, found for less. The model class that loads
+the last fitted values is search/single_task_gp.py's; nothing else about the fit changes.
 
 The memory is per engine (one experiment), never shared: a fit of one experiment must not start
 from another's hyperparameters, and a restored engine starts cold, as its first fit did.
@@ -18,13 +17,6 @@ from typing import Any
 
 import torch
 from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import InputTransform
-from botorch.utils.datasets import SupervisedDataset
-from botorch.utils.types import DEFAULT
-from gpytorch.likelihoods import Likelihood
-from gpytorch.means import Mean
-from torch import Tensor
-from torch.nn import Module
 
 
 class HyperparameterMemory:
@@ -55,41 +47,3 @@ class HyperparameterMemory:
                         loaded += 1
             self.warm_starts += loaded > 0
         self._last = weakref.ref(model)
-
-
-class WarmStartedSingleTaskGP(SingleTaskGP):
-    """BoTorch's SingleTaskGP, whose hyperparameters start where this experiment's previous fit ended."""
-
-    def __init__(
-        self,
-        train_X: Tensor,
-        train_Y: Tensor,
-        train_Yvar: Tensor | None = None,
-        likelihood: Likelihood | None = None,
-        covar_module: Module | None = None,
-        mean_module: Mean | None = None,
-        outcome_transform: Any = DEFAULT,
-        input_transform: InputTransform | None = None,
-        memory: HyperparameterMemory | None = None,
-    ) -> None:
-        # The full signature, not *args: Ax inspects it to decide which inputs (transforms, modules) it may pass.
-        super().__init__(
-            train_X,
-            train_Y,
-            train_Yvar,
-            likelihood=likelihood,
-            covar_module=covar_module,
-            mean_module=mean_module,
-            outcome_transform=outcome_transform,
-            input_transform=input_transform,
-        )
-        if memory is not None:
-            memory.start(self)
-
-    @classmethod
-    def construct_inputs(  # type: ignore[override]
-        cls, training_data: SupervisedDataset, memory: HyperparameterMemory | None = None, **kwargs: Any
-    ) -> dict[str, Any]:
-        inputs: dict[str, Any] = dict(super().construct_inputs(training_data, **kwargs))
-        inputs["memory"] = memory
-        return inputs
