@@ -46,7 +46,7 @@ def spec_document(objectives: int, observations: int) -> dict[str, Any]:
     spec = document["spec"]
     if objectives == 3:
         spec["objectives"].append({"metric": "latency_p99_ms", "goal": "minimize", "threshold": 5.0})
-    spec["budget"]["maxTrials"] = 1000
+    spec["budget"]["maxTrials"] = max(1000, observations + 100)
     # The observations are Ax's own initialization (center + Sobol: no model fit to get there),
     # so the timed call is the first model-based one, with exactly that much data.
     spec["algorithm"] = {"name": "auto", "initialTrials": observations, "seed": 0}

@@ -331,24 +331,25 @@ def test_each_model_fit_starts_from_the_previous_fits_hyperparameters() -> None:
     memory = _model_config(engine).model_options["memory"]
     assert memory.warm_starts >= 1
     fitted = engine.client._generation_strategy.adapter.generator.surrogate.model
-    assert type(fitted).__name__ == "WarmStartedSingleTaskGP"
+    assert type(fitted).__name__ == "EngineSingleTaskGP"
 
 
 def test_warm_start_loads_only_parameters_whose_shapes_agree() -> None:
     import torch
 
-    from nas_operator.search.warm_start import HyperparameterMemory, WarmStartedSingleTaskGP
+    from nas_operator.search.single_task_gp import EngineSingleTaskGP
+    from nas_operator.search.warm_start import HyperparameterMemory
 
     memory = HyperparameterMemory()
     x, y = torch.rand(8, 2, dtype=torch.float64), torch.rand(8, 1, dtype=torch.float64)
-    first = WarmStartedSingleTaskGP(x, y, memory=memory)
+    first = EngineSingleTaskGP(x, y, memory=memory)
     with torch.no_grad():
         first.covar_module.raw_lengthscale.fill_(0.7)
-    second = WarmStartedSingleTaskGP(
+    second = EngineSingleTaskGP(
         torch.rand(9, 2, dtype=torch.float64), torch.rand(9, 1, dtype=torch.float64), memory=memory
     )
     assert torch.all(second.covar_module.raw_lengthscale == 0.7) and memory.warm_starts == 1
-    third = WarmStartedSingleTaskGP(
+    third = EngineSingleTaskGP(
         torch.rand(9, 3, dtype=torch.float64), torch.rand(9, 1, dtype=torch.float64), memory=memory
     )
     assert third.covar_module.raw_lengthscale.shape[-1] == 3  # another dimension: nothing to load, starts cold
@@ -372,3 +373,41 @@ def test_a_result_without_every_modelled_metric_does_not_keep_the_experiment_fro
     table[1] = TrialOutcome(1, table[1].parameters, table[1].generator, "completed", {"f1": 0.5})  # f2 lost
     rebuilt = Engine.restore(spec, engine.snapshot(), table.values())
     assert rebuilt.trial_statuses() == {0: "COMPLETED", 1: "ABANDONED"}
+
+
+def test_past_the_training_limit_the_gp_and_the_baseline_see_the_subset_and_restores_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nas_operator.search.engine import ModelSettings
+    from nas_operator.search.training_subset import TrainingSubset
+
+    baselines: list[tuple[int, int]] = []
+    original = TrainingSubset.baseline
+
+    def recorded(self: TrainingSubset, X_observed: Any) -> Any:
+        baseline = original(self, X_observed)
+        baselines.append((X_observed.shape[-2], baseline.shape[-2]))
+        return baseline
+
+    monkeypatch.setattr(TrainingSubset, "baseline", recorded)
+
+    spec = _toy("qnehvi", initial=4)
+    model = ModelSettings(training_limit=6)
+    engine = Engine.create(spec, "toy", model=model)
+    proposed = _drive(engine, batches=5)  # 10 observations, the last model calls past the limit of 6
+    assert [c.generator for c in proposed[-4:]] == ["MBM"] * 4
+    surrogate = engine.client._generation_strategy.adapter.generator.surrogate
+    assert surrogate.model.train_inputs[0].shape[-2] == 6  # fitted on the subset ...
+    assert sum(x.shape[-2] for x in surrogate.Xs[:1]) == 8  # ... of the 8 it was given
+    subset = _model_config(engine).model_options["subset"]
+    assert subset.last_inputs is not None and subset.last_inputs.shape[-2] == 6
+    assert baselines[-1] == (8, 6)  # qLogNEHVI's baseline: the subset's rows
+    acquisition = engine.client._generation_strategy.adapter.generator._acquisition
+    assert acquisition.X_observed.shape[-2] == 8  # the optimizer still avoids every observed point
+    snapshot = json.loads(json.dumps(engine.snapshot()))
+    table = list(_table(engine).values())
+    first = Engine.restore(spec, snapshot, table, model=model).generate(2)
+    again = Engine.restore(spec, snapshot, table, model=model).generate(2)
+    assert [c.generator for c in first] == ["MBM", "MBM"]
+    for a, b in zip(first, again, strict=True):
+        assert a.parameters == pytest.approx(b.parameters, rel=1e-9, abs=1e-12)

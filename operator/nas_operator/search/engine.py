@@ -68,7 +68,7 @@ class TrialOutcome:
     reason: str = ""
 
 
-TRAINING_LIMIT = 384
+TRAINING_LIMIT = 256
 
 
 @dataclass(frozen=True)
