@@ -20,10 +20,12 @@ def test_generation_benchmark_compares_ours_with_ax_defaults() -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     row = re.search(
-        r"^\| 2 \| 10 \| 2 \| ([\d.]+) s \| [\d.]+ s \| .* \| ([\d.]+) s \| [\d.]+ s \| .* \| ([\d.]+)x \|$",
+        r"^\| 2 \| 10 \| 2 \| 0 \| ([\d.]+) s \| [\d.]+ s \| [^|]+ \| (-?[\d.]+)% \| "
+        r"([\d.]+) s \| [\d.]+ s \| [^|]+ \| (-?[\d.]+)% \| ([\d.]+)x \|$",
         result.stdout,
         re.M,
     )
     assert row is not None, result.stdout  # both contenders made a model step of 2 candidates, and the ratio is there
-    ours, ax, ratio = (float(x) for x in row.groups())
+    ours, ours_gain, ax, ax_gain, ratio = (float(x) for x in row.groups())
     assert ours > 0 and ax > 0 and ratio == pytest.approx(ax / ours, rel=0.2, abs=0.1)  # from rounded seconds
+    assert ours_gain >= 0 and ax_gain >= 0  # a batch can only add to the hypervolume of what was there

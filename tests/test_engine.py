@@ -384,8 +384,8 @@ def test_past_the_training_limit_the_gp_and_the_baseline_see_the_subset_and_rest
     baselines: list[tuple[int, int]] = []
     original = TrainingSubset.baseline
 
-    def recorded(self: TrainingSubset, X_observed: Any) -> Any:
-        baseline = original(self, X_observed)
+    def recorded(self: TrainingSubset, X_observed: Any, models: Any) -> Any:
+        baseline = original(self, X_observed, models)
         baselines.append((X_observed.shape[-2], baseline.shape[-2]))
         return baseline
 
@@ -400,7 +400,8 @@ def test_past_the_training_limit_the_gp_and_the_baseline_see_the_subset_and_rest
     assert surrogate.model.train_inputs[0].shape[-2] == 6  # fitted on the subset ...
     assert sum(x.shape[-2] for x in surrogate.Xs[:1]) == 8  # ... of the 8 it was given
     subset = _model_config(engine).model_options["subset"]
-    assert subset.last_inputs is not None and subset.last_inputs.shape[-2] == 6
+    kept = subset.kept[("f1", "f2")]
+    assert kept is not None and kept.shape[-2] == 6
     assert baselines[-1] == (8, 6)  # qLogNEHVI's baseline: the subset's rows
     acquisition = engine.client._generation_strategy.adapter.generator._acquisition
     assert acquisition.X_observed.shape[-2] == 8  # the optimizer still avoids every observed point

@@ -28,8 +28,8 @@ def test_under_the_limit_every_row_is_kept() -> None:
     X, Y = _points(40)
     subset = TrainingSubset(40, {"acc": 1, "params": -1})
     assert subset.rows(X, Y, ["acc", "params"]) is None
-    assert subset.last_inputs is None
-    assert torch.equal(subset.baseline(X), X)
+    assert subset.kept == {("acc", "params"): None}
+    assert torch.equal(subset.baseline(X, [["acc", "params"]]), X)
 
 
 def test_above_the_limit_the_front_is_kept_in_each_metrics_own_direction() -> None:
@@ -74,7 +74,8 @@ def test_metrics_without_a_goal_and_unfinished_values_do_not_decide() -> None:
     subset = TrainingSubset(30, {"acc": 1, "params": -1})
     rows = subset.rows(X, Y, ["acc", "params", "logged_only"])
     assert rows is not None and rows.numel() == 30
-    assert subset.last_inputs is not None and torch.equal(subset.last_inputs, X[rows])
+    kept = subset.kept[("acc", "params", "logged_only")]
+    assert kept is not None and torch.equal(kept, X[rows])
 
 
 def test_the_baseline_is_the_kept_rows_of_the_observed_points() -> None:
@@ -83,6 +84,20 @@ def test_the_baseline_is_the_kept_rows_of_the_observed_points() -> None:
     rows = subset.rows(X, Y, ["acc", "params"])
     assert rows is not None
     shuffled = X[torch.randperm(100, generator=torch.Generator().manual_seed(2))]
-    baseline = subset.baseline(shuffled)
+    baseline = subset.baseline(shuffled, [["acc", "params"]])
     assert baseline.shape == (30, 3)
     assert {tuple(r) for r in baseline.tolist()} == {tuple(r) for r in X[rows].tolist()}
+    # a model the subset did not fit (another grouping of the outcomes): every row, as Ax would have it
+    assert torch.equal(subset.baseline(shuffled, [["acc"], ["params"]]), shuffled)
+
+
+def test_with_a_model_per_outcome_the_baseline_is_the_union_of_their_rows() -> None:
+    X, Y = _points(100)
+    subset = TrainingSubset(30, {"acc": 1, "params": -1})
+    acc_rows = subset.rows(X, Y[:, :1], ["acc"])
+    params_rows = subset.rows(X[:90], Y[:90, 1:], ["params"])  # fewer rows: a trial logged only acc
+    assert acc_rows is not None and params_rows is not None
+    assert set(acc_rows.tolist()) != set(params_rows.tolist())
+    union = set(acc_rows.tolist()) | set(params_rows.tolist())
+    baseline = subset.baseline(X, [["acc"], ["params"]])
+    assert {tuple(r) for r in baseline.tolist()} == {tuple(r) for r in X[sorted(union)].tolist()}

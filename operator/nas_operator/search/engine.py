@@ -222,7 +222,8 @@ def _subset_baseline_acquisition() -> type:
             ]
             observed = self.X_observed
             if subsets and observed is not None:
-                self.X_observed = subsets[0].baseline(observed)
+                models = [dataset.outcome_names for dataset in self.surrogate.training_data]
+                self.X_observed = subsets[0].baseline(observed, models)
             try:
                 return super()._construct_botorch_acquisition(*args, **kwargs)
             finally:

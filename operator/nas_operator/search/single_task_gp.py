@@ -37,6 +37,7 @@ class EngineSingleTaskGP(SingleTaskGP):
         outcome_transform: Any = DEFAULT,
         input_transform: InputTransform | None = None,
         memory: HyperparameterMemory | None = None,
+        outcomes: tuple[str, ...] = (),
     ) -> None:
         # The full signature, not *args: Ax inspects it to decide which inputs (transforms, modules) it may pass.
         super().__init__(
@@ -50,7 +51,7 @@ class EngineSingleTaskGP(SingleTaskGP):
             input_transform=input_transform,
         )
         if memory is not None:
-            memory.start(self)
+            memory.start(self, outcomes)
 
     @classmethod
     def construct_inputs(  # type: ignore[override]
@@ -62,6 +63,7 @@ class EngineSingleTaskGP(SingleTaskGP):
     ) -> dict[str, Any]:
         inputs: dict[str, Any] = dict(super().construct_inputs(training_data, **kwargs))
         inputs["memory"] = memory
+        inputs["outcomes"] = tuple(training_data.outcome_names)
         rows = subset.rows(inputs["train_X"], inputs["train_Y"], training_data.outcome_names) if subset else None
         if rows is not None:
             for key in ("train_X", "train_Y", "train_Yvar"):

@@ -33,8 +33,9 @@ class TrainingSubset:
             raise ValueError(f"a training subset needs a limit of at least 2, not {limit}")
         self.limit = limit
         self.goals = dict(goals)
-        # The inputs of the rows the last fit kept (None: it kept every row), for the acquisition's baseline.
-        self.last_inputs: Tensor | None = None
+        # The inputs each model of the last fit kept, by its outcomes (None: every row). One model for all outcomes
+        # as a rule; one per outcome when their rows differ (an early-stopped trial logged only some metrics).
+        self.kept: dict[tuple[str, ...], Tensor | None] = {}
 
     def __deepcopy__(self, memo: dict[int, object]) -> TrainingSubset:
         # Ax deep-copies generator options before every fit; the copy must remain this experiment's subset.
@@ -44,26 +45,38 @@ class TrainingSubset:
         return (TrainingSubset, (self.limit, self.goals))
 
     def rows(self, X: Tensor, Y: Tensor, outcome_names: Sequence[str]) -> Tensor | None:
-        """The indices of the rows to fit on, ascending; None when every row fits under the limit."""
+        """The indices of the rows to fit on, ascending; None when every row fits under the limit.
+
+        With a model per outcome each sees only its own metric, so its best layers are that metric's best values:
+        the trade-off between the objectives is then covered by the latest and the space-filling rows only.
+        """
         n = X.shape[-2]
-        self.last_inputs = None
+        key = tuple(outcome_names)
+        self.kept[key] = None
         if n <= self.limit:
             return None
         columns = [i for i, name in enumerate(outcome_names) if name in self.goals]
         front: list[int] = []
         if columns:
-            signs = torch.tensor([float(self.goals[outcome_names[i]]) for i in columns], dtype=Y.dtype)
+            signs = torch.tensor([float(self.goals[outcome_names[i]]) for i in columns], dtype=Y.dtype, device=Y.device)
             front = _best_layers(Y[..., columns] * signs, self.limit // 2)
         recent = [i for i in range(n - self.limit // 8, n) if i not in set(front)]
-        rows = torch.tensor(sorted(_farthest_points(X, front + recent, self.limit)), dtype=torch.long)
-        self.last_inputs = X[rows]
+        rows = torch.tensor(sorted(_farthest_points(X, front + recent, self.limit)), dtype=torch.long, device=X.device)
+        self.kept[key] = X[rows]
         return rows
 
-    def baseline(self, X_observed: Tensor) -> Tensor:
-        """The rows of `X_observed` the last fit kept (all of them when it kept every row)."""
-        if self.last_inputs is None:
+    def baseline(self, X_observed: Tensor, models: Sequence[Sequence[str]]) -> Tensor:
+        """The rows of `X_observed` that the current `models` (each by its outcomes) were fitted on.
+
+        All of them when one of those models kept every row or was not fitted through this subset.
+        """
+        kept_inputs = [self.kept.get(tuple(outcomes)) for outcomes in models]
+        if not kept_inputs or any(inputs is None for inputs in kept_inputs):
             return X_observed
-        kept = (X_observed.unsqueeze(-2) == self.last_inputs.to(X_observed)).all(dim=-1).any(dim=-1)
+        kept = torch.zeros(X_observed.shape[-2], dtype=torch.bool, device=X_observed.device)
+        for inputs in kept_inputs:
+            assert inputs is not None
+            kept |= (X_observed.unsqueeze(-2) == inputs.to(X_observed)).all(dim=-1).any(dim=-1)
         return X_observed[kept] if bool(kept.any()) else X_observed
 
 
@@ -84,7 +97,7 @@ def _best_layers(F: Tensor, count: int) -> list[int]:
             picks = torch.linspace(0, layer.numel() - 1, room).round().long()
             layer = layer[torch.unique(picks)]
         chosen += layer.tolist()
-        mask = torch.ones(F.shape[0], dtype=torch.bool)
+        mask = torch.ones(F.shape[0], dtype=torch.bool, device=F.device)
         mask[chosen] = False
         remaining = remaining[mask[remaining]]
     return chosen

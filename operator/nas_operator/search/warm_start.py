@@ -20,10 +20,14 @@ from botorch.models import SingleTaskGP
 
 
 class HyperparameterMemory:
-    """The last model fitted for one experiment (weakly held: Ax keeps it while it is current)."""
+    """The last model fitted for one experiment, per set of outcomes (weakly held: Ax keeps it while it is current).
+
+    Keyed by outcomes because Ax fits one model per outcome when their rows differ (an early-stopped trial that
+    logged only some metrics): one metric's fit must not start from another metric's length scales.
+    """
 
     def __init__(self) -> None:
-        self._last: weakref.ReferenceType[SingleTaskGP] | None = None
+        self._last: dict[tuple[str, ...], weakref.ReferenceType[SingleTaskGP]] = {}
         self.warm_starts = 0
 
     def __deepcopy__(self, memo: dict[int, Any]) -> HyperparameterMemory:
@@ -33,9 +37,10 @@ class HyperparameterMemory:
     def __reduce__(self) -> tuple[Any, ...]:
         return (HyperparameterMemory, ())
 
-    def start(self, model: SingleTaskGP) -> None:
-        """Load the previous fit's hyperparameters into `model` where their shapes agree, and remember `model`."""
-        previous = self._last() if self._last is not None else None
+    def start(self, model: SingleTaskGP, outcomes: tuple[str, ...] = ()) -> None:
+        """Load the previous fit's hyperparameters for `outcomes` into `model` where shapes agree; remember `model`."""
+        last = self._last.get(outcomes)
+        previous = last() if last is not None else None
         if previous is not None:
             fitted = dict(previous.named_parameters())
             loaded = 0
@@ -46,4 +51,4 @@ class HyperparameterMemory:
                         parameter.copy_(value.detach().to(parameter))
                         loaded += 1
             self.warm_starts += loaded > 0
-        self._last = weakref.ref(model)
+        self._last[outcomes] = weakref.ref(model)
