@@ -101,3 +101,13 @@ def test_with_a_model_per_outcome_the_baseline_is_the_union_of_their_rows() -> N
     union = set(acc_rows.tolist()) | set(params_rows.tolist())
     baseline = subset.baseline(X, [["acc"], ["params"]])
     assert {tuple(r) for r in baseline.tolist()} == {tuple(r) for r in X[sorted(union)].tolist()}
+
+
+def test_a_three_objective_front_keeps_each_objectives_best_when_thinned() -> None:
+    generator = torch.Generator().manual_seed(3)
+    W = torch.rand(300, 3, generator=generator, dtype=torch.float64)
+    Y = W / W.norm(dim=-1, keepdim=True)  # all on the positive octant of the unit sphere: one layer of 300
+    X = torch.rand(300, 2, generator=generator, dtype=torch.float64)
+    rows = TrainingSubset(40, {"a": 1, "b": 1, "c": 1}).rows(X, Y, ["a", "b", "c"])
+    assert rows is not None and rows.numel() == 40
+    assert {int(i) for i in torch.argmax(Y, dim=0)} <= set(rows.tolist())

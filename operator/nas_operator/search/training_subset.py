@@ -83,8 +83,8 @@ class TrainingSubset:
 def _best_layers(F: Tensor, count: int) -> list[int]:
     """`count` rows taken from the non-dominated layers of F (maximized), best layers first.
 
-    A layer that does not fit whole is thinned evenly along its first objective, so the part of the front that is
-    kept still spans it from one end to the other.
+    A layer that does not fit whole is thinned by farthest-point sampling in objective space from its extremes (each
+    objective's best), so what is kept of the front still spans it, in any number of objectives.
     """
     finite = torch.isfinite(F).all(dim=-1)
     remaining = torch.nonzero(finite).flatten()
@@ -93,9 +93,8 @@ def _best_layers(F: Tensor, count: int) -> list[int]:
         layer = remaining[is_non_dominated(F[remaining], deduplicate=False)]
         room = count - len(chosen)
         if layer.numel() > room:
-            layer = layer[torch.argsort(F[layer, 0], stable=True)]
-            picks = torch.linspace(0, layer.numel() - 1, room).round().long()
-            layer = layer[torch.unique(picks)]
+            extremes = list(dict.fromkeys(int(i) for i in torch.argmax(F[layer], dim=0)))[:room]
+            layer = layer[_farthest_points(F[layer], extremes, room)]
         chosen += layer.tolist()
         mask = torch.ones(F.shape[0], dtype=torch.bool, device=F.device)
         mask[chosen] = False
