@@ -412,3 +412,19 @@ def test_past_the_training_limit_the_gp_and_the_baseline_see_the_subset_and_rest
     assert [c.generator for c in first] == ["MBM", "MBM"]
     for a, b in zip(first, again, strict=True):
         assert a.parameters == pytest.approx(b.parameters, rel=1e-9, abs=1e-12)
+
+
+def test_past_the_training_limit_a_model_per_outcome_works_too() -> None:
+    """An early-stopped trial that logged only f1: Ax fits one model per outcome; each gets its subset."""
+    from nas_operator.search.engine import ModelSettings
+
+    engine = Engine.create(_toy("qnehvi", initial=4), "toy", model=ModelSettings(training_limit=6))
+    _drive(engine, batches=3)
+    stopped = _generate(engine, 1)[0]
+    engine.early_stop(stopped.index, {"f1": 0.5})
+    _drive(engine, batches=1)
+    candidates = _generate(engine, 2)
+    assert [c.generator for c in candidates] == ["MBM", "MBM"]
+    subset = _model_config(engine).model_options["subset"]
+    kept = [subset.kept.get(("f1",)), subset.kept.get(("f2",))]
+    assert all(k is not None and k.shape[-2] == 6 for k in kept), subset.kept
