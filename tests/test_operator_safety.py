@@ -60,13 +60,15 @@ def _apply(cluster: ControlPlane, namespace: str, doc: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))  # JSON: YAML 1.1 reads y as a bool
 
 
+def _jobs(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The experiment's Jobs, as the API server has them."""
+    command = ("get", "jobs", "-n", namespace, "-l", f"nas.operator.dev/experiment={name}", "-o", "json")
+    return list(json.loads(cluster.kubectl(*command).stdout)["items"])
+
+
 def _assert_each_result_once(cluster: ControlPlane, namespace: str, name: str, count: int) -> LoopState:
     """Exactly `count` Jobs, one pod each, and every stored result the one its own parameters give."""
-    jobs = json.loads(
-        cluster.kubectl(
-            "get", "jobs", "-n", namespace, "-l", f"nas.operator.dev/experiment={name}", "-o", "json"
-        ).stdout
-    )["items"]
+    jobs = _jobs(cluster, namespace, name)
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(f"{name}-t{i}" for i in range(count))
     for job in jobs:
         assert job["status"].get("succeeded") == 1 and not job["status"].get("failed"), job["status"]
@@ -131,11 +133,7 @@ def test_chaos_twenty_sigkills_never_run_a_trial_twice_nor_lose_a_result(
         How far the experiment is at a given life depends on how long the earlier lives waited (seed 1631491314 had
         created all 12 Jobs by life 9), so an optional point the experiment has passed is not armed.
         """
-        jobs = json.loads(
-            cluster.kubectl(
-                "get", "jobs", "-n", namespace, "-l", "nas.operator.dev/experiment=chaos", "-o", "json"
-            ).stdout
-        )["items"]
+        jobs = _jobs(cluster, namespace, "chaos")
         if point.startswith(("create:", "save:launch:")):
             return len(jobs) < CHAOS_TRIALS
         return len(jobs) < CHAOS_TRIALS or any(not j["status"].get("succeeded") for j in jobs)

@@ -109,6 +109,15 @@ def parse_outcome_constraint(text: str) -> OutcomeConstraint:
     return OutcomeConstraint(match.group(1), match.group(2), float(match.group(3)))
 
 
+def metric_directions(spec: NASExperimentSpec) -> dict[str, bool]:
+    """Metric -> whether larger is better, for every objective and every metric an outcome constraint bounds."""
+    directions = {o.metric: not o.minimize for o in spec.objectives}
+    for text in spec.outcome_constraints:
+        constraint = parse_outcome_constraint(text)
+        directions.setdefault(constraint.metric, constraint.op == ">=")
+    return directions
+
+
 def _parse_linear_side(text: str) -> tuple[dict[str, float], float]:
     """Coefficients and constant of one side of a linear (in)equality."""
     coefficients: dict[str, float] = {}

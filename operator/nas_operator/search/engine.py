@@ -33,7 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas_operator.resource.spec import NASExperimentSpec, Parameter
-from nas_operator.resource.spec_checks import parse_outcome_constraint, parse_parameter_constraint
+from nas_operator.resource.spec_checks import (
+    metric_directions,
+    parse_outcome_constraint,
+    parse_parameter_constraint,
+)
 
 Scalar = int | float | str | bool
 # nas-engine/2: a few hundred bytes whatever the experiment's size (the generation strategy's position and each
@@ -232,15 +236,6 @@ def _subset_baseline_acquisition() -> type:
     return SubsetBaselineAcquisition
 
 
-def metric_goals(spec: NASExperimentSpec) -> dict[str, int]:
-    """Each objective's and outcome constraint's direction: +1 where larger is better, -1 where smaller is."""
-    goals = {o.metric: 1 if o.goal == "maximize" else -1 for o in spec.objectives}
-    for text in spec.outcome_constraints:
-        constraint = parse_outcome_constraint(text)
-        goals.setdefault(constraint.metric, 1 if constraint.op == ">=" else -1)
-    return goals
-
-
 def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelSettings) -> None:
     """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI).
 
@@ -263,7 +258,8 @@ def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelS
     if settings.warm_start:
         model_options["memory"] = HyperparameterMemory()
     if settings.training_limit is not None:
-        model_options["subset"] = TrainingSubset(settings.training_limit, metric_goals(spec))
+        goals = {metric: 1 if larger else -1 for metric, larger in metric_directions(spec).items()}
+        model_options["subset"] = TrainingSubset(settings.training_limit, goals)
     if model_options and not categorical:
         config = ModelConfig(
             botorch_model_class=EngineSingleTaskGP, model_options=model_options, name="MBM defaults, configured"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nas_operator.resource.spec import EarlyStopping, NASExperimentSpec
-from nas_operator.resource.spec_checks import parse_outcome_constraint
+from nas_operator.resource.spec_checks import metric_directions, parse_outcome_constraint
 from nas_operator.search.pareto import feasible
 
 MAX_CURVE_POINTS = 128
@@ -163,7 +163,7 @@ def judge(
             f"{len(reached)} finished trial(s) reached progression {p:g}; minReferenceTrials is "
             f"{rule.min_reference_trials}",
         )
-    directions = _directions(spec)
+    directions = metric_directions(spec)
     ranges = {metric: _plausible_range(metric, trial, reached, p, rule.projection) for metric in directions}
     estimates = {metric: span.estimate for metric, span in ranges.items() if span is not None}
     observed = {metric: span.now for metric, span in ranges.items() if span is not None}
@@ -190,15 +190,6 @@ def judge(
 
 def _progression_name(rule: EarlyStopping) -> str:
     return rule.progression
-
-
-def _directions(spec: NASExperimentSpec) -> dict[str, bool]:
-    """Metric -> whether larger is better, for every objective and constrained metric."""
-    directions = {o.metric: not o.minimize for o in spec.objectives}
-    for text in spec.outcome_constraints:
-        constraint = parse_outcome_constraint(text)
-        directions.setdefault(constraint.metric, constraint.op == ">=")
-    return directions
 
 
 def _plausible_range(

@@ -60,7 +60,8 @@ class TrainingSubset:
         if columns:
             signs = torch.tensor([float(self.goals[outcome_names[i]]) for i in columns], dtype=Y.dtype, device=Y.device)
             front = _best_layers(Y[..., columns] * signs, self.limit // 2)
-        recent = [i for i in range(n - self.limit // 8, n) if i not in set(front)]
+        in_front = set(front)
+        recent = [i for i in range(n - self.limit // 8, n) if i not in in_front]
         rows = torch.tensor(sorted(_farthest_points(X, front + recent, self.limit)), dtype=torch.long, device=X.device)
         self.kept[key] = X[rows]
         return rows
