@@ -165,9 +165,14 @@ BAD_SPECS: list[tuple[str, Mutation, str]] = [
         "spec.parameters[3].lower: must be a whole number for an int parameter (got 1.5)",
     ),
     (
-        "a single objective",
-        lambda d: d["spec"].__setitem__("objectives", d["spec"]["objectives"][:1]),
-        "spec.objectives: List should have at least 2 items",
+        "no objective",
+        lambda d: d["spec"].__setitem__("objectives", []),
+        "spec.objectives: List should have at least 1 item",
+    ),
+    (
+        "a convergence window of 0",
+        lambda d: d["spec"]["budget"].__setitem__("convergence", {"window": 0}),
+        "spec.budget.convergence.window: Input should be greater than or equal to 1",
     ),
     (
         "a bad parameter name",

@@ -172,8 +172,9 @@ def run(file: Path, results: Path | None, fresh: bool, no_progress: bool, lookah
     console.print(pareto_table(experiment, state))
     console.print(
         f"[bold]{state.phase}[/] ({state.reason}) {state.message}\n"
-        f"Results in {outcome.results_dir}/: pareto.json, trials.csv, pareto.png, pareto.html; "
-        f"TensorBoard: tensorboard --logdir {outcome.results_dir}/tensorboard"
+        f"Results in {outcome.results_dir}/: pareto.json, trials.csv, "
+        + ("best.png, best.html; " if len(experiment.spec.objectives) == 1 else "pareto.png, pareto.html; ")
+        + f"TensorBoard: tensorboard --logdir {outcome.results_dir}/tensorboard"
     )
     if outcome.interrupted:
         sys.exit(130)
@@ -322,7 +323,13 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
     if st.get("trainingSecondsSaved"):
         click.echo(f"  early stopping saved about {st['trainingSecondsSaved']:.0f} s of training")
     hv = st.get("hypervolume")
-    click.echo(f"  Pareto front: {st.get('paretoSize', 0)} trials, hypervolume {hv if hv is None else f'{hv:.6g}'}")
+    if len(obj["spec"]["objectives"]) == 1:
+        best, metric = st.get("bestTrial"), obj["spec"]["objectives"][0]["metric"]
+        shown = f"{best['trial']}, {metric} {st['bestValue']:.6g}" if best else "none yet"
+        click.echo(f"  best trial: {shown}")
+    else:
+        shown = "none" if hv is None else f"{hv:.6g}"
+        click.echo(f"  Pareto front: {st.get('paretoSize') or 0} trials, hypervolume {shown}")
     for condition in st.get("conditions") or []:
         click.echo(
             f"  {condition['type']}={condition['status']} {condition.get('reason', '')} "

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nas_operator.core.backend import Backend, LaunchError, Observation, TransientLaunchError, render_launch
+from nas_operator.core.convergence import ConvergenceCheck, check_convergence
 from nas_operator.core.faults import crash_point
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
@@ -56,6 +57,8 @@ LAUNCH_RETRY_LIMIT = 8
 # lets the experiment go on without a person touching it.
 GENERATION_RETRY_FIRST_SECONDS = 5.0
 GENERATION_RETRY_MAX_SECONDS = 300.0
+# Stop reasons that let running trials finish (nothing new is launched) before the experiment ends.
+DRAINING_REASONS = ("BudgetExhausted", "Converged")
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ class ExperimentLoop:
         self._dirty = False
         self._concluded = False
         self._stopper: TrialStopper | None = None
+        self._convergence: tuple[tuple[Any, ...], ConvergenceCheck] | None = None
         now = clock()
         if state.started_at is None:
             state.started_at = now
@@ -209,7 +213,7 @@ class ExperimentLoop:
         changed |= self._observe(now)
         changed |= self._launch_pending_launches()
         decision = self._stop_decision(now)
-        if decision is not None and (self.state.count(*ACTIVE) == 0 or decision.reason != "BudgetExhausted"):
+        if decision is not None and (self.state.count(*ACTIVE) == 0 or decision.reason not in DRAINING_REASONS):
             self._finish_experiment(decision, now)
             return self._persist_if(True)
         changed |= self._trim_queue()
@@ -218,6 +222,17 @@ class ExperimentLoop:
             self._request_candidates(now)
         changed |= self._update_phase(now)
         return self._persist_if(changed)
+
+    def convergence(self) -> ConvergenceCheck | None:
+        """spec.budget.convergence's measure now (None when not asked); computed again only when a result came in."""
+        rule = self.spec.budget.convergence
+        if rule is None:
+            return None
+        done = self.state.by_status("succeeded")
+        key = (rule, len(done), max((t.finished_at or 0.0 for t in done), default=0.0))
+        if self._convergence is None or self._convergence[0] != key:
+            self._convergence = (key, check_convergence(self.spec, self.state, rule))
+        return self._convergence[1]
 
     def interrupt(self, message: str = "interrupted by the user") -> None:
         """Stop now, keeping every trial resumable: running ones are killed and queued again."""
@@ -508,6 +523,9 @@ class ExperimentLoop:
                 f"all {budget.max_trials} trials ran: {succeeded} succeeded, {failed} failed"
                 + (f", {early} stopped early" if (early := self.state.count("earlyStopped")) else ""),
             )
+        convergence = self.convergence()
+        if convergence is not None and convergence.converged:
+            return StopDecision("Succeeded", "Converged", convergence.message)
         if (
             self.max_generation_failures is not None
             and self.generation_failures >= self.max_generation_failures

@@ -76,6 +76,8 @@ def build_status(
     previous: NASExperimentStatus | None = None,
 ) -> NASExperimentStatus:
     front = pareto_front(spec, state)
+    single = len(spec.objectives) == 1
+    best = front[0] if single and front else None  # one objective: the front is the best trial (ties: lowest index)
     return NASExperimentStatus(
         phase=state.phase,  # type: ignore[arg-type]
         reason=state.reason,
@@ -83,9 +85,11 @@ def build_status(
         conditions=conditions(state, previous.conditions if previous else None),
         observed_generation=observed_generation,
         trials=trial_counts(state),
-        pareto_front=front,
-        pareto_size=len(front),
-        hypervolume=hypervolume(spec, state.results()) if state.results() else None,
+        pareto_front=[] if single else front,
+        pareto_size=None if single else len(front),
+        hypervolume=hypervolume(spec, state.results()) if state.results() and not single else None,
+        best_trial=best,
+        best_value=best.metrics[spec.objectives[0].metric] if best is not None else None,
         training_seconds_saved=training_seconds_saved(state) if spec.early_stopping is not None else None,
         started_at=timestamp(state.started_at),
         finished_at=timestamp(state.finished_at),

@@ -18,9 +18,10 @@ def write_results(spec: NASExperimentSpec, state: LoopState, directory: Path, ht
     directory.mkdir(parents=True, exist_ok=True)
     written = [write_pareto_json(spec, state, directory / "pareto.json"), write_trials_csv(spec, state, directory)]
     if state.results():
-        written.append(plot_pareto_png(spec, state, directory / "pareto.png"))
+        stem = "best" if len(spec.objectives) == 1 else "pareto"  # one objective: the best value, trial by trial
+        written.append(plot_pareto_png(spec, state, directory / f"{stem}.png"))
         if html:
-            written.append(plot_pareto_html(spec, state, directory / "pareto.html"))
+            written.append(plot_pareto_html(spec, state, directory / f"{stem}.html"))
     return written
 
 
@@ -37,6 +38,9 @@ def write_pareto_json(spec: NASExperimentSpec, state: LoopState, path: Path) -> 
         "trials": status.trials.model_dump(mode="json", by_alias=True),
         "paretoFront": [p.model_dump(mode="json") for p in status.pareto_front],
     }
+    if len(spec.objectives) == 1:
+        document["bestTrial"] = status.best_trial.model_dump(mode="json") if status.best_trial else None
+        document["bestValue"] = status.best_value
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
@@ -103,7 +107,107 @@ def _staircase(front: list[tuple[float, float]], x_min: bool, y_min: bool) -> li
     return line
 
 
+def _best_so_far(spec: NASExperimentSpec, rows: list[tuple[int, dict[str, float], bool, bool]]) -> list[float]:
+    """The best feasible value up to each succeeded trial, in index order (nan before the first feasible one)."""
+    objective = spec.objectives[0]
+    best, line = float("nan"), []
+    for _, metrics, ok, _ in rows:
+        value = metrics[objective.metric]
+        if ok and (best != best or (value < best if objective.minimize else value > best)):
+            best = value
+        line.append(best)
+    return line
+
+
+def plot_best_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
+    """One objective: every trial's value by trial index, the best so far, the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objective = spec.objectives[0]
+    rows = _plot_rows(spec, state)
+    figure, ax = plt.subplots(figsize=(7.5, 5.2))
+    for label, chosen, color, size in (
+        ("outside thresholds", [r for r in rows if not r[2]], "lightgrey", 22),
+        ("within thresholds", [r for r in rows if r[2]], "steelblue", 30),
+    ):
+        ax.scatter([i for i, *_ in chosen], [m[objective.metric] for _, m, *_ in chosen], c=color, s=size, label=label)
+    metric = objective.metric
+    stopped = [(t.index, t.metrics[metric]) for t in state.by_status("earlyStopped") if metric in t.metrics]
+    if stopped:
+        xs, ys = [i for i, _ in stopped], [v for _, v in stopped]
+        ax.scatter(xs, ys, marker="x", c="darkorange", s=26, label="stopped early (when stopped)")
+    ax.step([i for i, *_ in rows], _best_so_far(spec, rows), where="post", color="crimson", lw=1.5, label="best so far")
+    best = [r for r in rows if r[3]]
+    if best:
+        ax.scatter([best[0][0]], [best[0][1][objective.metric]], facecolors="none", edgecolors="crimson", s=110, lw=1.5)
+    if objective.threshold is not None:
+        ax.axhline(objective.threshold, color="grey", ls="--", lw=1)
+    ax.set_xlabel("trial index")
+    ax.set_ylabel(f"{objective.metric} ({objective.goal})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    shown = f"best {metric} {best[0][1][metric]:.5g} (trial {best[0][0]})" if best else "no trial within the threshold"
+    ax.set_title(f"{state.experiment}: {len(rows)} trials, {shown}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_best_html(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
+    """One objective, interactive: hover shows each trial's parameters."""
+    import plotly.graph_objects as go
+
+    objective = spec.objectives[0]
+    rows = _plot_rows(spec, state)
+    figure = go.Figure()
+    for label, chosen, color in (
+        ("outside thresholds", [r for r in rows if not r[2]], "lightgrey"),
+        ("within thresholds", [r for r in rows if r[2]], "steelblue"),
+    ):
+        figure.add_trace(
+            go.Scatter(
+                x=[i for i, *_ in chosen],
+                y=[m[objective.metric] for _, m, *_ in chosen],
+                mode="markers",
+                name=label,
+                marker={"color": color},
+                text=[_hover(state, i, m) for i, m, *_ in chosen],
+                hoverinfo="text",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=[i for i, *_ in rows],
+            y=_best_so_far(spec, rows),
+            mode="lines",
+            line={"shape": "hv", "color": "crimson"},
+            name="best so far",
+        )
+    )
+    figure.update_xaxes(title_text="trial index")
+    figure.update_yaxes(title_text=f"{objective.metric} ({objective.goal})")
+    figure.update_layout(title=f"{state.experiment}: best {objective.metric}", height=560)
+    figure.write_html(str(path), include_plotlyjs="directory")
+    return path
+
+
+def _hover(state: LoopState, index: int, metrics: dict[str, float]) -> str:
+    return (
+        f"{state.trials[index].name}<br>"
+        + "<br>".join(f"{k}: {v}" for k, v in state.trials[index].parameters.items())
+        + "<br>"
+        + "<br>".join(f"{k}: {v:.5g}" for k, v in metrics.items())
+    )
+
+
 def plot_pareto_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
+    """Every pair of objectives, the front circled; with one objective, the best value trial by trial."""
+    if len(spec.objectives) == 1:
+        return plot_best_png(spec, state, path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +273,8 @@ def plot_pareto_png(spec: NASExperimentSpec, state: LoopState, path: Path) -> Pa
 
 def plot_pareto_html(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
     """An interactive plot (hover shows each trial's parameters); plotly.js is written beside it once."""
+    if len(spec.objectives) == 1:
+        return plot_best_html(spec, state, path)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -183,13 +289,7 @@ def plot_pareto_html(spec: NASExperimentSpec, state: LoopState, path: Path) -> P
             ("Pareto front", [r for r in rows if r[3]], {"color": "crimson", "size": 11}),
         ]
         for label, chosen, style in groups:
-            hover = [
-                f"{state.trials[i].name}<br>"
-                + "<br>".join(f"{k}: {v}" for k, v in state.trials[i].parameters.items())
-                + "<br>"
-                + "<br>".join(f"{k}: {v:.5g}" for k, v in m.items())
-                for i, m, _, _ in chosen
-            ]
+            hover = [_hover(state, i, m) for i, m, _, _ in chosen]
             figure.add_trace(
                 go.Scatter(
                     x=[m[oa.metric] for _, m, _, _ in chosen],

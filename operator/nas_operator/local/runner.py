@@ -263,8 +263,12 @@ def pareto_table(experiment: NASExperiment, state: LoopState) -> Table:
     """The front, best first objective first, compact enough for an 80-column terminal."""
     spec = experiment.spec
     front = pareto_front(spec, state)
-    hv = hypervolume(spec, state.results())
-    table = Table(title=f"Pareto front of {state.experiment}: {len(front)} trials, hypervolume {hv:.5g}")
+    if len(spec.objectives) == 1:  # one objective: the front is the best trial (ties: all of them)
+        title = f"Best trial of {state.experiment}" if front else f"{state.experiment}: no trial within the threshold"
+    else:
+        hv = hypervolume(spec, state.results())
+        title = f"Pareto front of {state.experiment}: {len(front)} trials, hypervolume {hv:.5g}"
+    table = Table(title=title)
     table.add_column("trial", no_wrap=True)
     for objective in spec.objectives:
         arrow = "↑" if objective.goal == "maximize" else "↓"

@@ -157,6 +157,7 @@ PRINTER_COLUMNS = [
     },
     {"name": "Pareto", "type": "integer", "jsonPath": ".status.paretoSize", "description": "trials on the front"},
     {"name": "Hypervolume", "type": "number", "jsonPath": ".status.hypervolume"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.bestValue", "description": "one objective: the best value"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

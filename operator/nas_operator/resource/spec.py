@@ -94,13 +94,35 @@ class Objective(SpecModel):
         default=None,
         description=(
             "Worst acceptable value (the hypervolume reference point). Trials worse than any "
-            "threshold are not on the Pareto front. Inferred by the model when absent."
+            "threshold are not on the Pareto front (with one objective: cannot be the best trial). "
+            "Inferred by the model when absent."
         ),
     )
 
     @property
     def minimize(self) -> bool:
         return self.goal == "minimize"
+
+
+class Convergence(SpecModel):
+    """Stop the search when the last `window` succeeded trials improved it by less than `minImprovement`.
+
+    Several objectives: the improvement is the hypervolume's gain over the window as a fraction of the hypervolume
+    at its start (no decision while that is 0). One objective: the best value's gain over the window as a fraction
+    of the interquartile range of the feasible values seen (Ax's ImprovementGlobalStoppingStrategy measures both the
+    same way). Trials running when it holds finish; nothing new is launched.
+    """
+
+    window: int = Field(default=20, ge=1, le=L.MAX_TRIALS, description="Succeeded trials the improvement is over.")
+    min_improvement: float = Field(
+        default=0.01, ge=0.0, le=L.MAX_ABS_BOUND, description="The fraction below which the search has converged."
+    )
+    min_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=L.MAX_TRIALS,
+        description="Succeeded trials before any decision (absent: the window after the initial trials).",
+    )
 
 
 class Budget(SpecModel):
@@ -119,6 +141,9 @@ class Budget(SpecModel):
     )
     max_duration: Duration | None = Field(default=None, description="Wall-clock budget of the experiment.")
     trial_timeout: Duration | None = Field(default=None, description="A trial running longer is killed and failed.")
+    convergence: Convergence | None = Field(
+        default=None, description="Stop with Converged once the search stops improving (off unless given)."
+    )
 
 
 class Algorithm(SpecModel):
@@ -305,7 +330,12 @@ class NASExperimentSpec(SpecModel):
         max_length=L.MAX_PARAMETER_CONSTRAINTS,
         description='Linear constraints such as "hidden_size_2 <= hidden_size_1".',
     )
-    objectives: list[Objective] = Field(min_length=2, max_length=L.MAX_OBJECTIVES)
+    objectives: list[Objective] = Field(
+        min_length=1,
+        max_length=L.MAX_OBJECTIVES,
+        description="One objective: a hyperparameter search whose status names the best trial. Two or more: a "
+        "multi-objective search whose status holds the Pareto front and its hypervolume.",
+    )
     outcome_constraints: list[Constraint] = Field(
         default_factory=list,
         max_length=L.MAX_OUTCOME_CONSTRAINTS,
@@ -380,8 +410,10 @@ class NASExperimentStatus(SpecModel):
     observed_generation: int | None = None
     trials: TrialCounts = Field(default_factory=TrialCounts)
     pareto_front: list[ParetoPoint] = Field(default_factory=list)
-    pareto_size: int = 0
+    pareto_size: int | None = None
     hypervolume: float | None = None
+    best_trial: ParetoPoint | None = Field(default=None, description="One objective: the best feasible trial.")
+    best_value: float | None = Field(default=None, description="One objective: its value.")
     training_seconds_saved: float | None = Field(
         default=None, description="Training time early stopping is estimated to have saved, in seconds."
     )

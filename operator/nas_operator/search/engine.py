@@ -94,6 +94,12 @@ class ModelSettings:
     # Observations the GP is fitted on at most (search/training_subset.py): beyond it the model sees the best
     # non-dominated layers and a space-filling rest. None: every observation, as Ax does.
     training_limit: int | None = TRAINING_LIMIT
+    # The SAAS model's NUTS chain (algorithm saasbo): warm-up steps, samples drawn, and every how many one is kept
+    # (None: BoTorch's 512, 256 and 16, so 16 models). Each kept sample is a GP that every acquisition evaluation
+    # runs through, so their number sets the price of a batch (bench/case_study.py).
+    saas_warmup_steps: int | None = None
+    saas_num_samples: int | None = None
+    saas_thinning: int | None = None
 
 
 AX_DEFAULT_MODEL = ModelSettings(warm_start=False, num_restarts=None, raw_samples=None, training_limit=None)
@@ -169,9 +175,13 @@ def objective_expression(spec: NASExperimentSpec) -> str:
 
 
 def outcome_constraint_expressions(spec: NASExperimentSpec) -> list[str]:
-    """Objective thresholds (Ax turns a bound on an objective into its threshold) and outcome constraints."""
+    """Objective thresholds (Ax turns a bound on an objective into its threshold) and outcome constraints.
+
+    With one objective Ax refuses a bound on it (it would be a constraint on the objective), so its threshold stays
+    ours: it decides which trials may be the best one (search/pareto.py), not what the model looks for.
+    """
     expressions = []
-    for objective in spec.objectives:
+    for objective in spec.objectives if len(spec.objectives) > 1 else []:
         if objective.threshold is not None:
             op = "<=" if objective.minimize else ">="
             expressions.append(f"{objective.metric} {op} {objective.threshold!r}")
@@ -267,6 +277,33 @@ def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelS
         generator.generator_kwargs["surrogate_spec"] = SurrogateSpec(model_configs=[config])
         if "subset" in model_options:
             generator.generator_kwargs["acquisition_class"] = _subset_baseline_acquisition()
+    _configure_optimizer(generator, settings)
+
+
+def _configure_saas_node(client: Any, settings: ModelSettings) -> None:
+    """Apply `settings` to the SAAS model node (Ax's "quality" method: a warped SAAS GP fitted by NUTS, qLogNEHVI)."""
+    node = client._generation_strategy.nodes_by_name.get("MBM")
+    if node is None:
+        return
+    generator = node.generator_specs[0]
+    chain = {
+        key: value
+        for key, value in (
+            ("warmup_steps", settings.saas_warmup_steps),
+            ("num_samples", settings.saas_num_samples),
+            ("thinning", settings.saas_thinning),
+        )
+        if value is not None
+    }
+    if chain:
+        spec = generator.generator_kwargs["surrogate_spec"]
+        for config in spec.model_configs:
+            config.mll_options = {**(config.mll_options or {}), **chain}
+    _configure_optimizer(generator, settings)
+
+
+def _configure_optimizer(generator: Any, settings: ModelSettings) -> None:
+    """The acquisition optimizer's restarts and raw samples, where the settings name them."""
     optimizer = {
         key: value
         for key, value in (("num_restarts", settings.num_restarts), ("raw_samples", settings.raw_samples))
@@ -319,6 +356,8 @@ class Engine:
             )
             if method == "fast":
                 _configure_model_node(client, spec, model or ModelSettings())
+            elif method == "quality":
+                _configure_saas_node(client, model or ModelSettings())
         return cls(spec, client)
 
     @classmethod

@@ -102,6 +102,8 @@ def hypervolume_of(points: np.ndarray, reference: np.ndarray) -> float:
     above = points[np.all(points > reference, axis=1)]
     if len(above) == 0:
         return 0.0
+    if points.shape[1] == 1:  # one objective: the best value's distance past the threshold (BoTorch needs two)
+        return float(above[:, 0].max() - reference[0])
     partitioning = DominatedPartitioning(
         ref_point=torch.as_tensor(reference, dtype=torch.double),
         Y=torch.as_tensor(above, dtype=torch.double),

@@ -181,11 +181,12 @@ def judge(
             True,
             p,
             f"{where}, even its best projection ({shown}; from {len(reached)} finished trials) is dominated by "
-            f"trial {index} ({theirs}): it cannot add hypervolume",
+            f"trial {index} ({theirs}): it cannot " + ("beat it" if len(spec.objectives) == 1 else "add hypervolume"),
             estimates,
             observed,
         )
-    return Verdict(False, True, p, f"{where}, it may still reach the front", estimates, observed)
+    goal = "become the best trial" if len(spec.objectives) == 1 else "reach the front"
+    return Verdict(False, True, p, f"{where}, it may still {goal}", estimates, observed)
 
 
 def _progression_name(rule: EarlyStopping) -> str:
