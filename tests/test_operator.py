@@ -505,3 +505,35 @@ def test_early_stopping_deletes_the_job_and_a_restart_keeps_the_decision(
     table = cluster.kubectl("get", "nasx", "curves", "-n", namespace).stdout.splitlines()
     column = table[0].split().index("EARLYSTOP")
     assert table[1].split()[column] == str(trials["earlyStopped"])
+
+
+def test_warm_start_from_an_experiment_of_the_namespace_and_a_single_objective_search(
+    cluster: ControlPlane, namespace: str, operator: Path
+) -> None:
+    """#14: a second experiment starts its model from the first one's trials; one objective reports its best trial."""
+    first = _termination_message_experiment("first", 2)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(first))
+    assert _wait_phase(cluster, namespace, "first", "Succeeded", operator)["trials"]["succeeded"] == 2
+
+    second = _termination_message_experiment("second", 2)
+    second["spec"]["warmStart"] = {"experiments": ["first"]}
+    second["spec"]["objectives"] = second["spec"]["objectives"][:1]  # val_acc alone: a plain hyperparameter search
+    missing = _termination_message_experiment("third", 2)
+    missing["spec"]["warmStart"] = {"experiments": ["no-such-experiment"]}
+    for doc in (second, missing):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    status = _wait_phase(cluster, namespace, "second", "Succeeded", operator)
+    assert status["warmStartTrials"] == 2 and status["trials"]["succeeded"] == 2
+    # its own trials come after the two it started from; the budget counted only its own
+    names = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name", "-l", "nas.operator.dev/experiment=second")
+    assert sorted(names.stdout.split()) == ["job.batch/second-t2", "job.batch/second-t3"]
+    best = status["bestTrial"]
+    assert best["trial"] in ("second-t2", "second-t3") and status["bestValue"] == best["metrics"]["val_acc"]
+    assert "paretoFront" not in status or status["paretoFront"] == []
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=WarmStarted").stdout
+    assert "2 trial(s) of first given to the model" in events
+    table = cluster.kubectl("get", "nasx", "second", "-n", namespace).stdout
+    assert "BEST" in table.splitlines()[0] and f"{status['bestValue']:.4g}"[:4] in table.splitlines()[1]
+    refused = _wait_phase(cluster, namespace, "third", "Failed", operator, timeout=120)
+    assert refused["reason"] == "InvalidSpec"
+    assert "spec.warmStart.experiments[0]: no NASExperiment no-such-experiment in namespace" in refused["message"]

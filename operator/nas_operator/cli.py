@@ -155,7 +155,22 @@ def crd() -> None:
 @click.option("--fresh", is_flag=True, help="Discard saved state and start over.")
 @click.option("--no-progress", is_flag=True, help="No live progress bar (events are still printed).")
 @click.option("--lookahead", type=int, default=None, help="Candidates generated ahead [default: parallelism].")
-def run(file: Path, results: Path | None, fresh: bool, no_progress: bool, lookahead: int | None) -> None:
+@click.option(
+    "--warm-start",
+    "warm_start",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A results directory of an earlier run whose trials the model starts from (repeatable; read when the "
+    "experiment starts, beside spec.warmStart's).",
+)
+def run(
+    file: Path,
+    results: Path | None,
+    fresh: bool,
+    no_progress: bool,
+    lookahead: int | None,
+    warm_start: tuple[Path, ...],
+) -> None:
     """Run (or resume) an experiment on this machine, each trial a local process."""
     from nas_operator.local.runner import ResumeError, pareto_table, run_local
 
@@ -164,7 +179,13 @@ def run(file: Path, results: Path | None, fresh: bool, no_progress: bool, lookah
     console = Console()
     try:
         outcome = run_local(
-            experiment, results_dir, fresh=fresh, console=console, show_progress=not no_progress, lookahead=lookahead
+            experiment,
+            results_dir,
+            fresh=fresh,
+            console=console,
+            show_progress=not no_progress,
+            lookahead=lookahead,
+            warm_start_dirs=warm_start,
         )
     except ResumeError as exc:
         raise click.ClickException(str(exc)) from None

@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend
 from nas_operator.cluster.telemetry import Telemetry
-from nas_operator.core.loop import Event, ExperimentLoop, restore_engine
+from nas_operator.core.loop import Event, ExperimentLoop, create_engine, restore_engine
+from nas_operator.core.prior_trials import select_prior_trials
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import build_status, timestamp
 from nas_operator.resource.policy import TrialPolicy
@@ -29,12 +31,12 @@ from nas_operator.resource.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
+    PLURAL,
     Condition,
     NASExperimentSpec,
     NASExperimentStatus,
 )
 from nas_operator.resource.spec_checks import NAME_RFC1123, Problem, SpecError, load_spec
-from nas_operator.search.engine import Engine
 from nas_operator.search.worker import ThreadedEngineWorker
 from nas_operator.storage.open_store import open_store
 from nas_operator.storage.store import ConfigMapStore, ForeignState, StateTooLarge, StoreConflict
@@ -241,9 +243,14 @@ class ExperimentController:
         fingerprint = spec_fingerprint(spec)
         self.store = self._open_store(spec)
         stored = self.store.load()
+        warm_started = ""
         if stored is None:
             state = LoopState(experiment=self.name, fingerprint=fingerprint, uid=self.uid)
-            engine = Engine.create(spec, name=self.name)
+            if spec.warm_start is not None:
+                selection = select_prior_trials(spec, self._warm_start_sources(spec.warm_start.experiments))
+                state.prior = [asdict(trial) for trial in selection.trials]
+                warm_started = selection.summary()
+            engine = create_engine(spec, self.name, state)
         else:
             if stored.state.fingerprint != fingerprint:
                 # The CRD's immutability rules refuse such an update; this guards a CRD without them.
@@ -274,7 +281,58 @@ class ExperimentController:
             on_event=self._event,
             count_downtime=True,
         )
+        if warm_started:
+            self._event(Event("WarmStarted", warm_started))
         return self.loop
+
+    def _warm_start_sources(self, names: list[str]) -> list[tuple[str, LoopState]]:
+        """The saved states of the experiments spec.warmStart names, all in this experiment's namespace.
+
+        Each is opened through its own spec's store with the same rules as its own controller (a SQL store only
+        through an opted-in Secret of this namespace; a state of an earlier object of that name refused). A source
+        that is missing or has saved nothing is a spec problem naming it: starting cold instead would silently cost
+        the user the trials the warm start was meant to save.
+        """
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        objects = client.CustomObjectsApi(self.api_client)
+        sources = []
+        for i, name in enumerate(names):
+            field = f"spec.warmStart.experiments[{i}]"
+            if name == self.name:
+                raise SpecError([Problem(field, "names this experiment itself")])
+            try:
+                source = dict(
+                    objects.get_namespaced_custom_object(  # type: ignore[call-overload]
+                        API_GROUP, API_VERSION, self.namespace, PLURAL, name, _request_timeout=self.request_timeout
+                    )
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise SpecError(
+                        [Problem(field, f"no NASExperiment {name} in namespace {self.namespace}")]
+                    ) from None
+                raise
+            try:
+                source_spec = load_spec(source.get("spec") or {}, policy=self.policy, cluster=True)
+            except SpecError as exc:
+                raise SpecError([Problem(field, f"NASExperiment {name} has an invalid spec: {exc}")]) from None
+            uid = str((source.get("metadata") or {}).get("uid") or "")
+            store = open_store(
+                self.core,
+                self.namespace,
+                name,
+                source_spec,
+                owner_reference=owner_reference(name, uid),
+                uid=uid,
+                request_timeout=self.request_timeout,
+            )
+            stored = store.load()
+            if stored is None:
+                raise SpecError([Problem(field, f"NASExperiment {name} has saved no state yet")])
+            sources.append((name, stored.state))
+        return sources
 
     def _generated(self, seconds: float, count: int) -> None:
         if self.telemetry is not None:

@@ -38,12 +38,13 @@ from typing import Any, Protocol
 from nas_operator.core.backend import Backend, LaunchError, Observation, TransientLaunchError, render_launch
 from nas_operator.core.convergence import ConvergenceCheck, check_convergence
 from nas_operator.core.faults import crash_point
+from nas_operator.core.full_training import full_trial_name, low_correlations, rank_correlation, select_candidates
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
 from nas_operator.core.stopping import TrialStopper
 from nas_operator.resource.spec import NASExperimentSpec
-from nas_operator.resource.spec_checks import parse_duration
-from nas_operator.search.engine import Engine, TrialOutcome, TrialOutcomeStatus
+from nas_operator.resource.spec_checks import full_training_template, parse_duration
+from nas_operator.search.engine import Engine, PriorObservation, TrialOutcome, TrialOutcomeStatus
 from nas_operator.search.stopping_rule import Verdict
 from nas_operator.search.worker import EngineWorker
 
@@ -108,9 +109,19 @@ def trial_outcomes(state: LoopState) -> list[TrialOutcome]:
     ]
 
 
+def prior_observations(state: LoopState) -> list[PriorObservation]:
+    """The warm-start trials the state holds, as the engine takes them (before the experiment's own, in order)."""
+    return [PriorObservation(parameters=p["parameters"], metrics=p["metrics"]) for p in state.prior]
+
+
+def create_engine(spec: NASExperimentSpec, name: str, state: LoopState) -> Engine:
+    """The engine of a new experiment, started from the warm-start trials its state holds (if any)."""
+    return Engine.create(spec, name=name, prior=prior_observations(state))
+
+
 def restore_engine(spec: NASExperimentSpec, snapshot: dict[str, Any], state: LoopState) -> Engine:
     """The engine of a stored experiment, in line with its trial table."""
-    engine = Engine.restore(spec, snapshot, trial_outcomes(state))
+    engine = Engine.restore(spec, snapshot, trial_outcomes(state), prior=prior_observations(state))
     reconcile_engine(engine, state)  # a legacy snapshot holds trials of its own that may lag behind the table
     return engine
 
@@ -206,6 +217,8 @@ class ExperimentLoop:
         now = self.clock()
         self._concluded = False
         changed = self._absorb_worker_output(now)
+        if self.state.stage == "full":
+            return self._persist_if(self._full_training_step(now) or changed)
         if self.finished:
             if not self._reopen_if_allowed(now):
                 return self._persist_if(changed)
@@ -214,7 +227,8 @@ class ExperimentLoop:
         changed |= self._launch_pending_launches()
         decision = self._stop_decision(now)
         if decision is not None and (self.state.count(*ACTIVE) == 0 or decision.reason not in DRAINING_REASONS):
-            self._finish_experiment(decision, now)
+            if not self._start_full_training(decision, now):
+                self._finish_experiment(decision, now)
             return self._persist_if(True)
         changed |= self._trim_queue()
         if decision is None and not self.spec.suspend:
@@ -236,7 +250,8 @@ class ExperimentLoop:
 
     def interrupt(self, message: str = "interrupted by the user") -> None:
         """Stop now, keeping every trial resumable: running ones are killed and queued again."""
-        for trial in self.state.by_status(*ACTIVE):
+        full = [t for _, t in sorted(self.state.full_trials.items()) if t.status in ACTIVE]
+        for trial in [*self.state.by_status(*ACTIVE), *full]:
             self.backend.kill(trial)
             trial.status = "queued"
             trial.attempt += 1
@@ -552,6 +567,11 @@ class ExperimentLoop:
 
     def _reopen_if_allowed(self, now: float) -> bool:
         """A finished experiment whose stop condition no longer holds (budget raised, resumed) goes on."""
+        if self.finished and self.state.stage == "full" and self.state.reason == "Interrupted":
+            self.state.phase, self.state.reason, self.state.message = "Running", "FullTraining", ""
+            self.state.finished_at, self.state.resumed_at = None, self.clock()
+            self._emit("Resumed", "stage 2 (full training) continues")
+            return True
         if not self.finished or self.state.reason == "InvalidSpec" or self._stop_decision(now) is not None:
             return False
         if self.spec.suspend and self.state.reason == "Suspended":
@@ -560,6 +580,7 @@ class ExperimentLoop:
         return True
 
     def _reopen(self) -> None:
+        self.state.stage = "search"  # a search that goes on may change the candidates: stage 2 follows it again
         self.state.phase = "Running" if self.state.launched else "Pending"
         self.state.reason, self.state.message, self.state.finished_at = "Resumed", "", None
         self.state.resumed_at = self.clock()
@@ -587,6 +608,165 @@ class ExperimentLoop:
             self.state.reason = "TrialsRunning" if active else "WaitingForCandidates"
             self.state.message = ""
         return (self.state.phase, self.state.reason, self.state.message) != before
+
+    # ------------------------------------------------------------------ stage 2: full training
+
+    def _start_full_training(self, decision: StopDecision, now: float) -> bool:
+        """When a search that succeeded ends and spec.fullTraining asks for it, begin stage 2 instead of finishing.
+
+        Returns False when there is nothing to train (no stage 2, a failed search, every candidate trained already).
+        """
+        stage = self.spec.full_training
+        if stage is None or decision.phase != "Succeeded":
+            return False
+        chosen = select_candidates(self.spec, self.state.results(), stage.candidates)
+        new = [index for index in chosen if index not in self.state.full_trials]
+        if not new:
+            return False
+        for trial in self.state.by_status(*ACTIVE):  # a time budget's stop: search trials still running end here
+            self.backend.kill(trial)
+            self._finish_trial(trial, "stopped", now, reason=f"stopped: {decision.reason}")
+        for trial in self.state.by_status("queued"):
+            self.worker.abandon(trial.index)
+            del self.state.trials[trial.index]
+        for index in new:
+            source = self.state.trials[index]
+            self.state.full_trials[index] = TrialRecord(
+                index=index,
+                name=full_trial_name(self.state.experiment, index),
+                parameters=dict(source.parameters),
+                generator="FullTraining",
+                status="queued",
+                created_at=now,
+            )
+        self.state.search_outcome = {"phase": decision.phase, "reason": decision.reason, "message": decision.message}
+        self.state.stage = "full"
+        self.state.phase, self.state.reason = "Running", "FullTraining"
+        self.state.message = f"the search ended ({decision.reason}); {len(new)} candidate(s) to train in full"
+        self._emit("FullTrainingStarted", f"{decision.message}; training in full: " + ", ".join(f"t{i}" for i in new))
+        return True
+
+    def _full_training_step(self, now: float) -> bool:
+        stage = self.spec.full_training
+        records = [t for _, t in sorted(self.state.full_trials.items())]
+        changed = False
+        limit = stage.trial_timeout if stage is not None and stage.trial_timeout else self.spec.budget.trial_timeout
+        timeout = parse_duration(limit) if limit else None
+        for trial in [t for t in records if t.status == "running"]:
+            observation = self.backend.poll(trial)
+            if observation.handle is not None:
+                trial.handle, changed = observation.handle, True
+            if observation.status == "running":
+                if timeout is not None and now - (trial.started_at or now) > timeout:
+                    self.backend.kill(trial)
+                    self._finish_full(trial, "failed", now, reason=f"timed out after {timeout:g}s and was killed")
+                    changed = True
+                continue
+            self._conclude_full(trial, observation, now)
+            changed = True
+        for trial in [t for t in records if t.status == "launching" and t.handle.get("retry_at", 0.0) <= now]:
+            self._start_full(trial, timeout)
+            changed = True
+        parallelism = (stage.parallelism if stage is not None else None) or self.spec.budget.parallelism
+        free = parallelism - sum(1 for t in records if t.status in ACTIVE)
+        ready = [t for t in records if t.status == "queued"][: max(0, free)] if not self.spec.suspend else []
+        if ready:
+            for trial in ready:
+                trial.status = "launching"
+            try:
+                self.persist("launch")  # before any backend call, as for the search's trials
+            except BaseException:
+                for trial in ready:
+                    trial.status = "queued"
+                raise
+            for trial in ready:
+                self._start_full(trial, timeout)
+            changed = True
+        left = sum(1 for t in records if t.status in ("queued", "launching", "running"))
+        if left == 0:
+            self._finish_full_training(now)
+            return True
+        done = sum(1 for t in records if t.status == "succeeded")
+        message = f"stage 2: {done} of {len(records)} candidate(s) trained in full, {left} to go"
+        if message != self.state.message:
+            self.state.message, changed = message, True
+        return changed
+
+    def _start_full(self, trial: TrialRecord, timeout: float | None) -> None:
+        now = self.clock()
+        log_dir, trial_dir = self.backend.trial_paths(self.state.experiment, trial.name)
+        template = full_training_template(self.spec)
+        launch = render_launch(self.state.experiment, trial, template, log_dir, trial_dir, timeout)
+        launch.env["NAS_STAGE"] = "full"
+        crash_point("create:before")
+        try:
+            handle = self.backend.launch(launch)
+        except TransientLaunchError as exc:
+            tries = int(trial.handle.get("launch_tries", 0)) + 1
+            if tries >= LAUNCH_RETRY_LIMIT:
+                self._finish_full(trial, "failed", now, reason=f"could not be launched after {tries} tries: {exc}")
+                return
+            delay = min(LAUNCH_RETRY_MAX_SECONDS, LAUNCH_RETRY_FIRST_SECONDS * 2 ** (tries - 1))
+            trial.handle = {**trial.handle, "launch_tries": tries, "retry_at": now + delay}
+            self._dirty = True
+            return
+        except Exception as exc:  # refused for good (LaunchError) or a bug: this candidate fails, the rest go on
+            log.warning("launching %s failed: %s", trial.name, exc)
+            self._finish_full(trial, "failed", now, reason=f"could not be launched: {type(exc).__name__}: {exc}")
+            return
+        crash_point("create:after")
+        trial.handle, trial.status, trial.started_at = handle, "running", now
+        self._emit("FullTrainingLaunched", _short_parameters(trial.parameters), trial.name)
+
+    def _conclude_full(self, trial: TrialRecord, observation: Observation, now: float) -> None:
+        self._concluded = True
+        if observation.status != "succeeded":
+            reason = f"trial vanished: {observation.message}" if observation.status == "missing" else None
+            self._finish_full(trial, "failed", now, reason=reason or observation.message or "failed")
+            return
+        log_dir = observation.log_dir or self.backend.log_dir(self.state.experiment, trial.name)
+        try:
+            metrics = read_trial_metrics(self.spec, log_dir, observation.termination_message)
+        except Exception as exc:  # a missing metric, a reader bug or a hostile file: this candidate fails
+            self._finish_full(trial, "failed", now, reason=f"metrics: {type(exc).__name__}: {exc}")
+            return
+        self._finish_full(trial, "succeeded", now, metrics=metrics)
+
+    def _finish_full(
+        self, trial: TrialRecord, status: str, now: float, metrics: dict[str, float] | None = None, reason: str = ""
+    ) -> None:
+        """A full training's end; it never touches the search (no engine call, no search trial changes)."""
+        trial.status, trial.finished_at, trial.reason = status, now, reason  # type: ignore[assignment]
+        if metrics is not None:
+            trial.metrics = metrics
+        self._dirty = True
+        if status == "succeeded":
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(trial.metrics.items()))
+            self._emit("FullTrainingSucceeded", shown, trial.name)
+        else:
+            self._emit("FullTrainingFailed", reason, trial.name, warning=True)
+
+    def _finish_full_training(self, now: float) -> None:
+        records = self.state.full_trials.values()
+        done = sum(1 for t in records if t.status == "succeeded")
+        outcome = self.state.search_outcome
+        taus = rank_correlation(self.spec, self.state)
+        summary = f"{done} of {len(records)} candidate(s) trained in full"
+        if taus:
+            summary += "; Kendall's tau proxy/full: " + ", ".join(f"{m} {t:.2f}" for m, t in taus.items())
+        self.state.stage = "done"
+        self.state.phase = outcome.get("phase", "Succeeded")
+        self.state.reason = outcome.get("reason", "BudgetExhausted")
+        self.state.message = f"{outcome.get('message', '')}; {summary}"[:1000]
+        self.state.finished_at = now
+        self._emit("FullTrainingFinished", summary)
+        self._emit(self.state.reason, self.state.message, warning=self.state.phase == "Failed")  # the experiment's end
+        low = low_correlations(self.spec, taus)
+        if low:
+            shown = ", ".join(f"{metric} {tau:.2f}" for metric, tau in low.items())
+            self._emit(
+                "LowRankCorrelation", f"the proxy ranked the candidates poorly: Kendall's tau {shown}", None, True
+            )
 
     # ------------------------------------------------------------------ helpers
 

@@ -28,9 +28,11 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "earlySt
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
 # 2: the experiment's uid is recorded (format 1 states have none and are adopted by the first experiment that reads
 # them, which then records its uid). 3: trials may be earlyStopped, with progression, projected and saved_seconds
-# (an older operator refuses such a state by its format instead of failing on the new fields).
-STATE_FORMAT = 3
-READABLE_FORMATS = frozenset({1, 2, 3})
+# (an older operator refuses such a state by its format instead of failing on the new fields). 4: `prior`, the
+# warm-start trials copied from earlier experiments (core/prior_trials.py); `stage`, `full_trials` and
+# `search_outcome`, stage 2 (core/full_training.py).
+STATE_FORMAT = 4
+READABLE_FORMATS = frozenset({1, 2, 3, 4})
 
 
 @dataclass
@@ -77,6 +79,15 @@ class LoopState:
     # Seconds already spent in earlier runs (a local experiment's time budget spans resumes).
     elapsed_before: float = 0.0
     resumed_at: float | None = None
+    # Warm start: earlier experiments' trials given to the model first ({source, trial, parameters, metrics} each),
+    # copied when the experiment started; not trials of this experiment (no budget, front or counts).
+    prior: list[dict[str, Any]] = field(default_factory=list)
+    # Stage 2 (spec.fullTraining): "search" until the search ends, "full" while candidates are trained in full, then
+    # "done". Full trainings are keyed by the index of the search trial they train again (named <experiment>-f<index>),
+    # apart from `trials`: they are not the search's trials (no budget, no model, no proxy front).
+    stage: str = "search"
+    full_trials: dict[int, TrialRecord] = field(default_factory=dict)
+    search_outcome: dict[str, str] = field(default_factory=dict)  # the search's phase, reason and message at its end
 
     def count(self, *statuses: str) -> int:
         return sum(1 for t in self.trials.values() if t.status in statuses)
@@ -96,6 +107,7 @@ class LoopState:
         document = asdict(self)
         document["format"] = STATE_FORMAT
         document["trials"] = [asdict(t) for _, t in sorted(self.trials.items())]
+        document["full_trials"] = [asdict(t) for _, t in sorted(self.full_trials.items())]
         return document
 
     @classmethod
@@ -105,9 +117,10 @@ class LoopState:
                 f"unknown state format {document.get('format')!r} (this version reads formats "
                 f"{', '.join(str(f) for f in sorted(READABLE_FORMATS))})"
             )
-        fields = {k: v for k, v in document.items() if k not in ("format", "trials")}
+        fields = {k: v for k, v in document.items() if k not in ("format", "trials", "full_trials")}
         trials = {t["index"]: TrialRecord(**t) for t in document["trials"]}
-        return cls(trials=trials, **fields)
+        full = {t["index"]: TrialRecord(**t) for t in document.get("full_trials") or []}
+        return cls(trials=trials, full_trials=full, **fields)
 
 
 def spec_fingerprint(spec: NASExperimentSpec) -> str:

@@ -17,6 +17,8 @@ from nas_operator.search.pareto import feasible, pareto_indices
 def write_results(spec: NASExperimentSpec, state: LoopState, directory: Path, html: bool = True) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = [write_pareto_json(spec, state, directory / "pareto.json"), write_trials_csv(spec, state, directory)]
+    if state.full_trials:
+        written.append(write_full_training_csv(spec, state, directory / "full_training.csv"))
     if state.results():
         stem = "best" if len(spec.objectives) == 1 else "pareto"  # one objective: the best value, trial by trial
         written.append(plot_pareto_png(spec, state, directory / f"{stem}.png"))
@@ -41,6 +43,20 @@ def write_pareto_json(spec: NASExperimentSpec, state: LoopState, path: Path) -> 
     if len(spec.objectives) == 1:
         document["bestTrial"] = status.best_trial.model_dump(mode="json") if status.best_trial else None
         document["bestValue"] = status.best_value
+    if status.full_training is not None:
+        block = status.full_training.model_dump(mode="json", by_alias=True, exclude_none=True)
+        block["trials"] = [
+            {
+                "searchTrial": state.trials[index].name if index in state.trials else None,
+                "trial": full.name,
+                "status": full.status,
+                "proxyMetrics": state.trials[index].metrics if index in state.trials else {},
+                "fullMetrics": full.metrics,
+                "reason": full.reason,
+            }
+            for index, full in sorted(state.full_trials.items())
+        ]
+        document["fullTraining"] = block
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
@@ -80,6 +96,35 @@ def write_trials_csv(spec: NASExperimentSpec, state: LoopState, directory: Path)
                     "" if trial.progression is None else f"{trial.progression:g}",
                     "" if duration is None else f"{duration:.1f}",
                     trial.reason.replace("\n", " | ")[:500],
+                ]
+            )
+    return path
+
+
+def write_full_training_csv(spec: NASExperimentSpec, state: LoopState, path: Path) -> Path:
+    """Stage 2, one row per candidate: its proxy (search) metrics beside its full-training metrics."""
+    metrics = [o.metric for o in spec.objectives] + sorted(
+        {m for t in state.full_trials.values() for m in t.metrics} - {o.metric for o in spec.objectives}
+    )
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = ["index", "search_trial", "trial", "status", *[p.name for p in spec.parameters]]
+        header += [f"proxy_{m}" for m in metrics] + [f"full_{m}" for m in metrics] + ["duration_s", "reason"]
+        writer.writerow(header)
+        for index, full in sorted(state.full_trials.items()):
+            proxy = state.trials[index].metrics if index in state.trials else {}
+            duration = full.duration
+            writer.writerow(
+                [
+                    index,
+                    state.trials[index].name if index in state.trials else "",
+                    full.name,
+                    full.status,
+                    *[full.parameters.get(p.name, "") for p in spec.parameters],
+                    *[proxy.get(m, "") for m in metrics],
+                    *[full.metrics.get(m, "") for m in metrics],
+                    "" if duration is None else f"{duration:.1f}",
+                    full.reason.replace("\n", " | ")[:500],
                 ]
             )
     return path

@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -26,7 +26,8 @@ from rich.table import Table
 
 from nas_operator.backends.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.backends.local import LocalBackend
-from nas_operator.core.loop import Event, ExperimentLoop, restore_engine
+from nas_operator.core.loop import Event, ExperimentLoop, create_engine, restore_engine
+from nas_operator.core.prior_trials import select_prior_trials
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import pareto_front
 from nas_operator.local.results import write_results
@@ -104,13 +105,25 @@ class RunOutcome:
     generation_seconds: list[float]
 
 
-def open_experiment(experiment: NASExperiment, store: FileStore, fresh: bool) -> tuple[LoopState, Engine, bool]:
-    """The saved state and engine if there are any (and they match the spec), else new ones."""
+def open_experiment(
+    experiment: NASExperiment,
+    store: FileStore,
+    fresh: bool,
+    warm_start_dirs: Sequence[Path] = (),
+    console: Console | None = None,
+) -> tuple[LoopState, Engine, bool]:
+    """The saved state and engine if there are any (and they match the spec), else new ones (warm-started)."""
     fingerprint = spec_fingerprint(experiment.spec)
     stored = None if fresh else store.load()
     if stored is None:
         state = LoopState(experiment=experiment.metadata.name, fingerprint=fingerprint)
-        return state, Engine.create(experiment.spec, name=experiment.metadata.name), False
+        sources = warm_start_sources(experiment, store.directory, warm_start_dirs)
+        if sources:
+            selection = select_prior_trials(experiment.spec, sources)
+            state.prior = [asdict(trial) for trial in selection.trials]
+            if console is not None:
+                console.print(f"[bold]Warm start:[/] {selection.summary()}")
+        return state, create_engine(experiment.spec, experiment.metadata.name, state), False
     if stored.state.fingerprint != fingerprint:
         raise ResumeError(
             f"{store.path} was saved for a different search space, objectives or algorithm; "
@@ -118,6 +131,33 @@ def open_experiment(experiment: NASExperiment, store: FileStore, fresh: bool) ->
         )
     engine = restore_engine(experiment.spec, stored.engine, stored.state)
     return stored.state, engine, True
+
+
+def warm_start_sources(
+    experiment: NASExperiment, results_dir: Path, extra: Sequence[Path] = ()
+) -> list[tuple[str, LoopState]]:
+    """The saved states a local warm start reads: spec.warmStart's names beside this results directory, --warm-start.
+
+    A source that holds no saved experiment is an error naming it: a warm start that silently started cold would
+    cost the user the trials it was meant to save.
+    """
+    wanted: list[tuple[str, Path]] = []
+    if experiment.spec.warm_start is not None:
+        for i, name in enumerate(experiment.spec.warm_start.experiments):
+            wanted.append((f"spec.warmStart.experiments[{i}]", results_dir.parent / name))
+    wanted += [("--warm-start", Path(directory)) for directory in extra]
+    sources = []
+    for field, directory in wanted:
+        if directory.resolve() == results_dir.resolve():
+            raise ResumeError(f"{field}: {directory} is this experiment's own results directory")
+        stored = FileStore(directory).load()
+        if stored is None:
+            raise ResumeError(
+                f"{field}: no saved experiment in {directory} (nasctl run keeps each experiment in "
+                "nas-results/<name>; give another directory with --warm-start)"
+            )
+        sources.append((stored.state.experiment or directory.name, stored.state))
+    return sources
 
 
 class _Interrupted(Exception):
@@ -147,13 +187,14 @@ def run_local(
     background_generation: bool = True,
     workdir: Path | None = None,
     gpus: GpuInventory | None = None,
+    warm_start_dirs: Sequence[Path] = (),
 ) -> RunOutcome:
     console = console or Console()
     spec = experiment.spec
     inventory = gpus if gpus is not None else detect_gpus()
     parallelism = effective_parallelism(spec, inventory)  # refuses before any state is read or written
     store = FileStore(results_dir)
-    state, engine, resumed = open_experiment(experiment, store, fresh)
+    state, engine, resumed = open_experiment(experiment, store, fresh, warm_start_dirs, console)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "experiment.yaml").write_text(
         yaml.safe_dump(experiment.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)

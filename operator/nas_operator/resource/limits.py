@@ -34,6 +34,10 @@ MAX_SEED: Final = 2**32 - 1
 
 # --- The budget --------------------------------------------------------------------------------
 MAX_TRIALS: Final = 10_000
+# Earlier experiments one experiment may warm-start from (spec.warmStart.experiments).
+MAX_WARM_START_SOURCES: Final = 8
+# Candidates of the search that stage 2 (spec.fullTraining) may train again in full.
+MAX_FULL_TRAINING_CANDIDATES: Final = 100
 """Trials of one experiment. A GP over n points costs O(n^3) per fit: past a few thousand trials each
 generation takes minutes, and the state (every trial's parameters and metrics) must fit one ConfigMap."""
 MAX_PARALLELISM: Final = 100

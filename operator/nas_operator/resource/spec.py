@@ -235,6 +235,47 @@ class TrialTemplate(SpecModel):
     )
 
 
+class TrialOverrides(SpecModel):
+    """What stage 2 changes in spec.trial: a field given here replaces spec.trial's; env is merged by name."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=L.MAX_IMAGE_LENGTH)
+    command: list[Template] | None = Field(default=None, min_length=1, max_length=L.MAX_COMMAND_ENTRIES)
+    args: list[Template] | None = Field(
+        default=None, max_length=L.MAX_ARGS_ENTRIES, description="Replaces spec.trial.args (e.g. more epochs)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=L.MAX_ENV_ENTRIES, description="Added to spec.trial.env; same name: replaced."
+    )
+    resources: Resources | None = Field(default=None, description="Replaces spec.trial.resources (e.g. more GPUs).")
+    retries: int | None = Field(default=None, ge=0, le=L.MAX_RETRIES)
+
+
+class FullTraining(SpecModel):
+    """Stage 2: after the search, train the best candidates again in full (the two-stage NAS workflow).
+
+    The search's trials are the proxy task (a data subset, few epochs); up to `candidates` of them, taken from the
+    proxy Pareto front first and then from the next non-dominated layers, are trained again with `trial`'s
+    overrides. The status then holds both fronts and how well the proxy ranked the candidates (Kendall's tau).
+    """
+
+    candidates: int = Field(
+        default=10, ge=1, le=L.MAX_FULL_TRAINING_CANDIDATES, description="Search trials to train in full, at most."
+    )
+    parallelism: int | None = Field(
+        default=None, ge=1, le=L.MAX_PARALLELISM, description="Full trainings at once (default: budget.parallelism)."
+    )
+    trial: TrialOverrides = Field(default_factory=TrialOverrides)
+    trial_timeout: Duration | None = Field(
+        default=None, description="A full training running longer is killed and failed (default: budget.trialTimeout)."
+    )
+    min_rank_correlation: float = Field(
+        default=0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Below this Kendall's tau between proxy and full metrics (any objective), a Warning condition.",
+    )
+
+
 class MetricDefinition(SpecModel):
     """Where one metric is found in the trial's TensorBoard logs, and how its curve is reduced."""
 
@@ -323,6 +364,24 @@ class EarlyStopping(SpecModel):
     )
 
 
+ExperimentName = Annotated[str, Field(max_length=L.MAX_EXPERIMENT_NAME, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class WarmStart(SpecModel):
+    """Earlier experiments whose finished trials the model gets before its first candidate (core/prior_trials.py).
+
+    Read once, when this experiment starts; their trials are copied into its state, so changing or deleting a
+    source later changes nothing here. Only trials that fit this search space are used (the rest are counted).
+    """
+
+    experiments: list[ExperimentName] = Field(
+        min_length=1,
+        max_length=L.MAX_WARM_START_SOURCES,
+        description="NASExperiments in this namespace (nasctl run: results directories beside this one's, "
+        "nas-results/<name>, or given with --warm-start).",
+    )
+
+
 class NASExperimentSpec(SpecModel):
     parameters: list[Parameter] = Field(min_length=1, max_length=L.MAX_PARAMETERS)
     parameter_constraints: list[Constraint] = Field(
@@ -348,6 +407,12 @@ class NASExperimentSpec(SpecModel):
     storage: Storage = Field(default_factory=Storage)
     early_stopping: EarlyStopping | None = Field(
         default=None, description="Stop hopeless trials from their partial learning curves (off by default)."
+    )
+    full_training: FullTraining | None = Field(
+        default=None, description="Stage 2: train the search's best candidates again in full (off unless given)."
+    )
+    warm_start: WarmStart | None = Field(
+        default=None, description="Start the model from earlier experiments' finished trials (off unless given)."
     )
     suspend: bool = Field(default=False, description="Stop launching trials; running ones finish.")
 
@@ -399,6 +464,21 @@ class ParetoPoint(SpecModel):
     metrics: dict[str, float]
 
 
+class FullTrainingStatus(SpecModel):
+    candidates: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    pareto_front: list[ParetoPoint] = Field(default_factory=list, description="The front on full-training metrics.")
+    pareto_size: int = 0
+    hypervolume: float | None = None
+    best_trial: ParetoPoint | None = Field(default=None, description="One objective: the best full training.")
+    rank_correlation: dict[str, float] = Field(
+        default_factory=dict, description="Kendall's tau between proxy and full metrics, per objective."
+    )
+
+
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 
 
@@ -414,6 +494,12 @@ class NASExperimentStatus(SpecModel):
     hypervolume: float | None = None
     best_trial: ParetoPoint | None = Field(default=None, description="One objective: the best feasible trial.")
     best_value: float | None = Field(default=None, description="One objective: its value.")
+    full_training: FullTrainingStatus | None = Field(
+        default=None, description="Stage 2: the candidates trained in full, their front, the proxy's rank correlation."
+    )
+    warm_start_trials: int | None = Field(
+        default=None, description="Earlier experiments' trials the model started from (spec.warmStart)."
+    )
     training_seconds_saved: float | None = Field(
         default=None, description="Training time early stopping is estimated to have saved, in seconds."
     )

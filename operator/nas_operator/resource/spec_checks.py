@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from nas_operator.resource import limits as L
 from nas_operator.resource.quantities import memory_bytes, parse_quantity
-from nas_operator.resource.spec import NASExperiment, NASExperimentSpec, Parameter
+from nas_operator.resource.spec import NASExperiment, NASExperimentSpec, Parameter, TrialTemplate
 
 if TYPE_CHECKING:
     from nas_operator.resource.policy import TrialPolicy
@@ -690,9 +690,68 @@ def _check_trial(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         yield Problem(f"{root}.trial.env", f'duplicate variable "{name}"')
 
 
+def full_training_template(spec: NASExperimentSpec) -> TrialTemplate:
+    """spec.trial with spec.fullTraining.trial's overrides: given fields replace, env is merged by name."""
+    if spec.full_training is None:
+        return spec.trial
+    overrides = spec.full_training.trial
+    update: dict[str, Any] = {
+        name: getattr(overrides, name)
+        for name in ("image", "command", "args", "resources", "retries")
+        if getattr(overrides, name) is not None
+    }
+    if overrides.env:
+        replaced = {e.name for e in overrides.env}
+        update["env"] = [e for e in spec.trial.env if e.name not in replaced] + list(overrides.env)
+    return spec.trial.model_copy(update=update)
+
+
 def _problems_of(
     spec: NASExperimentSpec, policy: TrialPolicy | None, cluster: bool, root: str = "spec"
 ) -> list[Problem]:
+    problems = _checked(spec, policy, cluster, root)
+    if spec.full_training is not None:
+        # Stage 2 runs the merged template: it must pass every rule spec.trial passes (placeholders, the cluster's
+        # needs, the platform's policy), and each problem is named where the user wrote it.
+        merged = spec.model_copy(update={"trial": full_training_template(spec), "full_training": None})
+        problems += _full_training_problems(spec, _checked(merged, policy, cluster, root), problems, root)
+    return problems
+
+
+def _full_training_problems(
+    spec: NASExperimentSpec, merged_problems: list[Problem], own: list[Problem], root: str
+) -> list[Problem]:
+    """The merged template's problems, each named where the user wrote the value (said once if spec.trial has it)."""
+    assert spec.full_training is not None
+    where, there = f"{root}.trial", f"{root}.fullTraining.trial"
+    overrides = spec.full_training.trial
+    replaced = {e.name for e in overrides.env}
+    # merged env = spec.trial.env without the replaced names, then the overrides' env (full_training_template)
+    env_origin = [(where, i) for i, e in enumerate(spec.trial.env) if not overrides.env or e.name not in replaced]
+    env_origin += [(there, j) for j in range(len(overrides.env))]
+    given = {
+        name for name in ("image", "command", "args", "resources", "retries") if getattr(overrides, name) is not None
+    }
+    seen = {(problem.path, problem.rule) for problem in own}
+    result = []
+    for problem in merged_problems:
+        if not (problem.path == where or problem.path.startswith((f"{where}.", f"{where}["))):
+            continue
+        rest = problem.path[len(where) :]
+        env = re.match(r"^\.env\[(\d+)\](.*)$", rest)
+        if env is not None and int(env.group(1)) < len(env_origin):
+            base, index = env_origin[int(env.group(1))]
+            path = f"{base}.env[{index}]{env.group(2)}"
+        else:
+            field = re.match(r"^\.(\w+)", rest)
+            path = (there if field is not None and field.group(1) in given else where) + rest
+        if (path, problem.rule) not in seen:
+            result.append(Problem(path, problem.rule))
+            seen.add((path, problem.rule))
+    return result
+
+
+def _checked(spec: NASExperimentSpec, policy: TrialPolicy | None, cluster: bool, root: str) -> list[Problem]:
     problems = check_spec(spec, root)
     if cluster:
         problems += check_cluster(spec, root)

@@ -72,6 +72,25 @@ class TrialOutcome:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class PriorObservation:
+    """An earlier experiment's finished trial, given to the model before this experiment's own (warm start)."""
+
+    parameters: Mapping[str, Scalar]
+    metrics: Mapping[str, float]
+
+
+PRIOR_GENERATOR = "WarmStart"
+
+
+def prior_outcomes(prior: list[PriorObservation]) -> list[TrialOutcome]:
+    """Warm-start observations as the first trials of the experiment (indices 0..len-1, completed)."""
+    return [
+        TrialOutcome(index=i, parameters=o.parameters, generator=PRIOR_GENERATOR, status="completed", metrics=o.metrics)
+        for i, o in enumerate(prior)
+    ]
+
+
 TRAINING_LIMIT = 256
 
 
@@ -331,7 +350,27 @@ class Engine:
         return self._client
 
     @classmethod
-    def create(cls, spec: NASExperimentSpec, name: str = "nas", model: ModelSettings | None = None) -> Engine:
+    def create(
+        cls,
+        spec: NASExperimentSpec,
+        name: str = "nas",
+        model: ModelSettings | None = None,
+        prior: Iterable[PriorObservation] = (),
+    ) -> Engine:
+        """A new engine; `prior` (warm start) are earlier observations, given to the model before anything else.
+
+        They take the first trial indices and count towards the initialization budget (Ax's default), so with
+        enough of them the model, not Sobol, proposes the first candidate (no center point is asked for then: the
+        earlier experiments have explored already).
+        """
+        observations = list(prior)
+        engine = cls._configured(spec, name, model, warm=bool(observations))
+        if observations:
+            engine._replay(prior_outcomes(observations), {})
+        return engine
+
+    @classmethod
+    def _configured(cls, spec: NASExperimentSpec, name: str, model: ModelSettings | None, warm: bool) -> Engine:
         from ax import Client
 
         _configure_ax_logging()
@@ -351,7 +390,7 @@ class Engine:
                 method=method,  # type: ignore[arg-type]
                 initialization_budget=spec.algorithm.initial_trials,
                 initialization_random_seed=spec.algorithm.seed,
-                initialize_with_center=method != "random_search",
+                initialize_with_center=method != "random_search" and not warm,
                 allow_exceeding_initialization_budget=True,
             )
             if method == "fast":
@@ -367,6 +406,7 @@ class Engine:
         snapshot: Mapping[str, Any],
         trials: Iterable[TrialOutcome],
         model: ModelSettings | None = None,
+        prior: Iterable[PriorObservation] = (),
     ) -> Engine:
         """The engine as it was when `snapshot()` was taken, with `trials` (the loop's table) as its experiment.
 
@@ -379,8 +419,9 @@ class Engine:
             return cls._restore_legacy(spec, snapshot)
         if form != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown engine snapshot format {form!r}")
-        engine = cls.create(spec, str(snapshot.get("name") or "nas"), model=model)
-        engine._replay(sorted(trials, key=lambda t: t.index), snapshot)
+        observations = list(prior)
+        engine = cls._configured(spec, str(snapshot.get("name") or "nas"), model, warm=bool(observations))
+        engine._replay(prior_outcomes(observations) + sorted(trials, key=lambda t: t.index), snapshot)
         return engine
 
     @classmethod
