@@ -84,7 +84,7 @@ def test_the_overrides_replace_fields_merge_env_and_are_checked_where_they_are_w
     for field, value, said in (
         ("args", ["--x={nope}"], 'spec.fullTraining.trial.args[0]: placeholder "{nope}" names no parameter'),
         ("resources", {"cpu": "lots"}, "spec.fullTraining.trial.resources.cpu: String should match pattern"),
-        ("env", [{"name": "NAS_STAGE", "value": "x"}], "spec.fullTraining.trial.env[0].name: \"NAS_STAGE\""),
+        ("env", [{"name": "NAS_STAGE", "value": "x"}], 'spec.fullTraining.trial.env[0].name: "NAS_STAGE"'),
     ):
         bad = copy.deepcopy(document)
         bad["spec"]["fullTraining"]["trial"][field] = value

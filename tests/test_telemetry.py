@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nas_operator.cluster.telemetry import Telemetry
-from nas_operator.resource.spec import NASExperimentStatus, TrialCounts
+from nas_operator.resource.spec import FullTrainingStatus, NASExperimentStatus, TrialCounts
 
 from .conftest import ROOT
 
@@ -72,6 +72,23 @@ def exercised() -> Telemetry:
     return telemetry
 
 
+def exercised_with_stages() -> Telemetry:
+    """exercised(), plus a two-stage warm-started experiment and a single-objective one."""
+    telemetry = exercised()
+    two_stage = _status("Succeeded", 6, 0, 0.5).model_copy(
+        update={
+            "warm_start_trials": 12,
+            "full_training": FullTrainingStatus(
+                candidates=3, succeeded=2, failed=1, hypervolume=0.7, rank_correlation={"val_acc": 0.33}
+            ),
+        }
+    )
+    telemetry.observe_status("team-c", "staged", two_stage, state_bytes=4000)
+    solo = _status("Running", 3, 1, 0.0).model_copy(update={"hypervolume": None, "best_value": 0.97})
+    telemetry.observe_status("team-c", "solo", solo, state_bytes=1000)
+    return telemetry
+
+
 def test_series_follow_the_experiments_status() -> None:
     values = samples(exercised())
     a = {("namespace", "team-a"), ("experiment", "mlp")}
@@ -102,17 +119,31 @@ def test_a_phase_change_moves_the_experiment_between_phases() -> None:
     assert values[("nas_experiments", frozenset({("phase", "Succeeded")}))] == 2
 
 
+def test_two_stage_single_objective_and_warm_start_series() -> None:
+    values = samples(exercised_with_stages())
+    c = {("namespace", "team-c"), ("experiment", "staged")}
+    assert values[("nas_full_training_trials", frozenset(c | {("state", "succeeded")}))] == 2
+    assert values[("nas_full_training_trials", frozenset(c | {("state", "failed")}))] == 1
+    assert values[("nas_full_training_hypervolume", frozenset(c))] == pytest.approx(0.7)
+    assert values[("nas_proxy_rank_correlation", frozenset(c | {("metric", "val_acc")}))] == pytest.approx(0.33)
+    assert values[("nas_warm_start_trials", frozenset(c))] == 12
+    assert values[("nas_best_value", frozenset({("namespace", "team-c"), ("experiment", "solo")}))] == 0.97
+
+
 def test_a_deleted_experiment_leaves_no_series_behind() -> None:
-    telemetry = exercised()
+    telemetry = exercised_with_stages()
     telemetry.forget("team-a", "mlp")
+    telemetry.forget("team-c", "staged")
+    telemetry.forget("team-c", "solo")
     values = samples(telemetry)
+    assert not [key for key in values if ("experiment", "staged") in key[1]]
     assert not [key for key in values if ("experiment", "mlp") in key[1]]
     assert [key for key in values if ("experiment", "cnn") in key[1]]
     assert values[("nas_experiments", frozenset({("phase", "Running")}))] == 0
 
 
 def test_promtool_finds_the_exposition_clean() -> None:
-    exposition = generate_latest(exercised().registry).decode()
+    exposition = generate_latest(exercised_with_stages().registry).decode()
     assert promtool_problems(exposition) == ""
     # and it is a real check: a counter without _total and a bad name are reported
     assert promtool_problems("# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n")
@@ -123,7 +154,7 @@ def _metric_names(expression: str) -> set[str]:
 
 
 def test_every_dashboard_query_refers_to_a_metric_the_operator_exports() -> None:
-    exported = {sample[0] for sample in samples(exercised())}
+    exported = {sample[0] for sample in samples(exercised_with_stages())}
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     expressions += [variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable]

@@ -172,7 +172,7 @@ def run(
     warm_start: tuple[Path, ...],
 ) -> None:
     """Run (or resume) an experiment on this machine, each trial a local process."""
-    from nas_operator.local.runner import ResumeError, pareto_table, run_local
+    from nas_operator.local.runner import ResumeError, full_training_table, pareto_table, run_local
 
     experiment = load_experiment_file(file)
     results_dir = results or Path("nas-results") / experiment.metadata.name
@@ -191,6 +191,8 @@ def run(
         raise click.ClickException(str(exc)) from None
     state = outcome.state
     console.print(pareto_table(experiment, state))
+    if state.full_trials:
+        console.print(full_training_table(experiment, state))
     console.print(
         f"[bold]{state.phase}[/] ({state.reason}) {state.message}\n"
         f"Results in {outcome.results_dir}/: pareto.json, trials.csv, "
@@ -351,6 +353,16 @@ def status(name: str, namespace: str | None, context: str | None) -> None:
     else:
         shown = "none" if hv is None else f"{hv:.6g}"
         click.echo(f"  Pareto front: {st.get('paretoSize') or 0} trials, hypervolume {shown}")
+    full = st.get("fullTraining")
+    if full:
+        taus = ", ".join(f"{m} {t:.2f}" for m, t in (full.get("rankCorrelation") or {}).items()) or "not yet"
+        click.echo(
+            f"  full training: {full.get('succeeded', 0)} of {full.get('candidates', 0)} candidates trained "
+            f"({full.get('running', 0)} running, {full.get('failed', 0)} failed); final front "
+            f"{full.get('paretoSize', 0)} trials; Kendall's tau proxy/full: {taus}"
+        )
+    if st.get("warmStartTrials"):
+        click.echo(f"  warm start: {st['warmStartTrials']} earlier trials given to the model")
     for condition in st.get("conditions") or []:
         click.echo(
             f"  {condition['type']}={condition['status']} {condition.get('reason', '')} "

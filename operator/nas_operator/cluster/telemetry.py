@@ -18,6 +18,7 @@ from nas_operator.resource.spec import NASExperimentStatus
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
 TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped", "early_stopped")
+FULL_TRAINING_STATES = ("pending", "running", "succeeded", "failed")
 TRIAL_OUTCOMES = ("succeeded", "failed", "stopped", "early_stopped")
 # Trainings take minutes to hours; generation from sub-second (Sobol) to minutes (qNEHVI, many observations).
 TRIAL_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -32,6 +33,7 @@ class Telemetry:
         self.registry = registry or CollectorRegistry()
         self._lock = threading.Lock()
         self._phases: dict[Key, str] = {}
+        self._taus: set[tuple[str, str, str]] = set()  # (namespace, experiment, metric) series to drop on forget
         labels = ("namespace", "experiment")
         self.experiments = Gauge(
             "nas_experiments", "NASExperiments this operator reconciles, by phase", ("phase",), registry=self.registry
@@ -68,6 +70,33 @@ class Telemetry:
         self.pareto_size = Gauge(
             "nas_pareto_front_size", "Trials on the observed Pareto front", labels, registry=self.registry
         )
+        self.best_value = Gauge(
+            "nas_best_value", "One objective: the best feasible trial's value", labels, registry=self.registry
+        )
+        self.full_trials = Gauge(
+            "nas_full_training_trials",
+            "Stage 2 (spec.fullTraining): candidates trained in full, by state",
+            (*labels, "state"),
+            registry=self.registry,
+        )
+        self.full_hypervolume = Gauge(
+            "nas_full_training_hypervolume",
+            "Hypervolume of the front on full-training metrics",
+            labels,
+            registry=self.registry,
+        )
+        self.rank_correlation = Gauge(
+            "nas_proxy_rank_correlation",
+            "Kendall's tau between the search's (proxy) and the full trainings' values of each objective",
+            (*labels, "metric"),
+            registry=self.registry,
+        )
+        self.warm_start_trials = Gauge(
+            "nas_warm_start_trials",
+            "Earlier experiments' trials the model started from (spec.warmStart)",
+            labels,
+            registry=self.registry,
+        )
         self.state_bytes = Gauge(
             "nas_state_bytes", "Size of the stored experiment state (gzip)", labels, registry=self.registry
         )
@@ -98,6 +127,22 @@ class Telemetry:
         if status.training_seconds_saved is not None:
             self.seconds_saved.labels(**labels).set(status.training_seconds_saved)
         self.pareto_size.labels(**labels).set(status.pareto_size or 0)
+        if status.best_value is not None:
+            self.best_value.labels(**labels).set(status.best_value)
+        if status.warm_start_trials is not None:
+            self.warm_start_trials.labels(**labels).set(status.warm_start_trials)
+        full = status.full_training
+        if full is not None:
+            for state, value in zip(
+                FULL_TRAINING_STATES, (full.pending, full.running, full.succeeded, full.failed), strict=True
+            ):
+                self.full_trials.labels(**labels, state=state).set(value)
+            if full.hypervolume is not None:
+                self.full_hypervolume.labels(**labels).set(full.hypervolume)
+            for metric, tau in full.rank_correlation.items():
+                self.rank_correlation.labels(**labels, metric=metric).set(tau)
+                with self._lock:
+                    self._taus.add((namespace, name, metric))
         if state_bytes:
             self.state_bytes.labels(**labels).set(state_bytes)
         self.set_phase(namespace, name, status.phase)
@@ -132,11 +177,18 @@ class Telemetry:
     def _labelled(self) -> Iterable[tuple[Gauge | Counter | Histogram, list[tuple[str, ...]]]]:
         yield self.trials, [(state,) for state in TRIAL_STATES]
         yield self.trial_duration, [(outcome,) for outcome in TRIAL_OUTCOMES]
+        yield self.full_trials, [(state,) for state in FULL_TRAINING_STATES]
+        with self._lock:
+            metrics = sorted({key[2] for key in self._taus})
+        yield self.rank_correlation, [(metric,) for metric in metrics]  # remove() skips series never set
         for metric in (
             self.generation,
             self.hypervolume,
             self.seconds_saved,
             self.pareto_size,
+            self.best_value,
+            self.full_hypervolume,
+            self.warm_start_trials,
             self.state_bytes,
             self.reconcile_errors,
             self.reconcile_duration,

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from nas_operator.backends.gpus import GpuError, GpuInventory, GpuPool, concurrent_trials, detect_gpus
 from nas_operator.backends.local import LocalBackend
+from nas_operator.core.full_training import full_training_status
 from nas_operator.core.loop import Event, ExperimentLoop, create_engine, restore_engine
 from nas_operator.core.prior_trials import select_prior_trials
 from nas_operator.core.state import LoopState, spec_fingerprint
@@ -320,6 +321,35 @@ def pareto_table(experiment: NASExperiment, state: LoopState) -> Table:
         cells = [f"t{point.index}"]
         cells += [f"{point.metrics[o.metric]:.5g}" for o in spec.objectives]
         cells.append(" ".join(f"{name}={_short(point.parameters.get(name))}" for name in tunable))
+        table.add_row(*cells)
+    return table
+
+
+def full_training_table(experiment: NASExperiment, state: LoopState) -> Table:
+    """Stage 2: each candidate's proxy and full-training values, the final front marked, Kendall's tau."""
+    spec = experiment.spec
+    status = full_training_status(spec, state)
+    taus = status.rank_correlation if status is not None else {}
+    final = {p.index for p in status.pareto_front} if status is not None else set()
+    if status is not None and status.best_trial is not None:
+        final = {status.best_trial.index}
+    shown = ", ".join(f"{metric} {tau:.2f}" for metric, tau in taus.items()) or "too few pairs"
+    table = Table(title=f"Full training of {state.experiment}: Kendall's tau proxy/full {shown}")
+    table.add_column("trial", no_wrap=True)
+    table.add_column("status")
+    for objective in spec.objectives:
+        arrow = "↑" if objective.goal == "maximize" else "↓"
+        table.add_column(f"{objective.metric} {arrow} proxy → full", justify="right", no_wrap=True)
+    table.add_column("final front")
+    for index, full in sorted(state.full_trials.items()):
+        proxy = state.trials[index].metrics if index in state.trials else {}
+        cells = [f"f{index}", full.status]
+        for objective in spec.objectives:
+            before, after = proxy.get(objective.metric), full.metrics.get(objective.metric)
+            cells.append(
+                ("-" if before is None else f"{before:.4g}") + " → " + ("-" if after is None else f"{after:.4g}")
+            )
+        cells.append("★" if index in final else "")
         table.add_row(*cells)
     return table
 
