@@ -537,3 +537,63 @@ def test_warm_start_from_an_experiment_of_the_namespace_and_a_single_objective_s
     refused = _wait_phase(cluster, namespace, "third", "Failed", operator, timeout=120)
     assert refused["reason"] == "InvalidSpec"
     assert "spec.warmStart.experiments[0]: no NASExperiment no-such-experiment in namespace" in refused["message"]
+
+
+def test_stage_two_jobs_carry_the_overrides_and_a_sigkill_in_stage_two_launches_nothing_twice(
+    cluster: ControlPlane, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """#14: the search's front trained again as Jobs with the full-training overrides; a restart in between."""
+    doc = _termination_message_experiment("staged", 3)
+    doc["spec"]["objectives"][1]["threshold"] = 1e6  # every trial a candidate: the front holds at least two
+    args = [a for a in doc["spec"]["trial"]["args"] if not a.startswith("--epochs")]
+    doc["spec"]["fullTraining"] = {
+        "candidates": 2,
+        "parallelism": 1,
+        "trial": {
+            "args": [*args, "--epochs=3"],
+            "env": [{"name": "OMP_NUM_THREADS", "value": "2"}, {"name": "FULL_TRAINING_TEST", "value": "yes"}],
+            "resources": {"cpu": "2", "memory": "1536Mi"},
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+    def full_jobs() -> list[dict[str, Any]]:
+        items = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+        return [j for j in items if j["metadata"]["name"].startswith("staged-f")]
+
+    deadline = time.monotonic() + 400
+    while not full_jobs():
+        status = _get(cluster, namespace, "staged").get("status", {})
+        assert status.get("phase") != "Failed", status
+        assert time.monotonic() < deadline, operator_process.log_file.read_text()[-4000:]
+        time.sleep(0.2)
+    operator_process.kill()  # in the middle of stage 2: one full training created, one still queued
+    time.sleep(1)
+    operator_process.start()
+
+    status = _wait_phase(cluster, namespace, "staged", "Succeeded", operator_process.log_file)
+    assert status["reason"] == "BudgetExhausted" and status["trials"]["succeeded"] == 3
+    full = status["fullTraining"]
+    assert (full["candidates"], full["succeeded"]) == (2, 2)
+    jobs = full_jobs()
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    stored = ConfigMapStore(core, namespace, "staged").load()
+    assert stored is not None
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(t.name for t in stored.state.full_trials.values())
+    for job in jobs:  # each candidate trained once, in one pod, with the overrides
+        assert job["status"].get("succeeded") == 1 and not job["status"].get("failed")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        command = [*container.get("command", []), *container.get("args", [])]
+        assert "--epochs=3" in command and not any(a.startswith("--epochs=") and a != "--epochs=3" for a in command)
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["OMP_NUM_THREADS"] == "2" and env["FULL_TRAINING_TEST"] == "yes" and env["NAS_STAGE"] == "full"
+        assert container["resources"]["limits"]["cpu"] in ("2", "2000m")
+        index = int(job["metadata"]["name"].rsplit("-f", 1)[1])
+        search = stored.state.trials[index]
+        assert stored.state.full_trials[index].parameters == search.parameters
+    search_jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    for job in search_jobs:
+        if job["metadata"]["name"].startswith("staged-t"):
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            assert "FULL_TRAINING_TEST" not in {e["name"] for e in container.get("env", [])}
+    assert set(full["rankCorrelation"]) <= {"val_acc", "num_params"}  # 2 pairs: below the minimum, none reported

@@ -74,6 +74,13 @@ def _small(example: str, source: str) -> dict[str, Any]:
     ]
     spec["trial"]["args"].append("--latency-repeats=20")
     spec["metrics"].update(source=source, claimName="shared")
+    if "fullTraining" in spec:  # one candidate trained in full, with 2 epochs: its metrics are compared too
+        spec["fullTraining"]["candidates"] = 1
+        spec["objectives"][0]["threshold"] = 0.0  # a 1-epoch proxy must still give a candidate
+        full_args = spec["fullTraining"]["trial"]["args"]
+        full_args[:] = [a for a in full_args if not a.startswith("--epochs=")] + ["--epochs=2", "--latency-repeats=20"]
+    if "budget" in spec and "convergence" in spec["budget"]:
+        del spec["budget"]["convergence"]  # three trials: the small budget ends the search
     return doc
 
 
@@ -128,7 +135,15 @@ def test_every_example_records_the_same_metrics_locally_and_on_the_cluster(
     assert local.returncode == 0, output
     assert status["trials"]["succeeded"] == TRIALS
 
-    here, there = _by_index(FileStore(results).load()), _by_index(load_cluster())
+    local_stored, cluster_stored = FileStore(results).load(), load_cluster()
+    if "fullTraining" in doc["spec"]:  # stage 2 ran in both places, on the same candidate, to the same metrics
+        assert local_stored is not None and cluster_stored is not None
+        local_full, cluster_full = local_stored.state.full_trials, cluster_stored.state.full_trials
+        assert sorted(local_full) == sorted(cluster_full) and len(local_full) == 1
+        for index, trial in local_full.items():
+            assert trial.status == cluster_full[index].status == "succeeded", (trial.reason, cluster_full[index].reason)
+            assert trial.metrics == cluster_full[index].metrics
+    here, there = _by_index(local_stored), _by_index(cluster_stored)
     assert sorted(here) == sorted(there) == list(range(TRIALS))
     for index in range(TRIALS):
         (local_parameters, local_metrics), (cluster_parameters, cluster_metrics) = here[index], there[index]
