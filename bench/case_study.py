@@ -23,7 +23,8 @@ with its share of the cores as torch threads.
 
     .venv/bin/python bench/case_study.py                       # DTLZ2 in 24-d, 3 seeds, 240 evaluations
     .venv/bin/python bench/case_study.py --saas-model '{}'     # Ax's own NUTS chain (512/256/16)
-    .venv/bin/python bench/case_study.py --quick               # BraninCurrin in 24-d, 32 in 8s, a short chain
+    .venv/bin/python bench/case_study.py --cheap-saas --seeds 1 --evaluations 64  # what 2 cores can afford
+    .venv/bin/python bench/case_study.py --quick               # DTLZ2 in 24-d, 12 in 4s, a tiny chain
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ sys.path.insert(0, str(ROOT / "operator"))
 DIMENSIONS = 24
 # The SAAS chain the engine ships (engine.ModelSettings defaults), written out so that a run says what it measured.
 DEFAULT_SAAS_MODEL: dict[str, Any] = {}
+# Cheap enough for 2 cores: 8 of 64 NUTS samples kept after 128 warm-up steps, 4 restarts from 256 raw samples.
+CHEAP_SAAS_MODEL: dict[str, Any] = {
+    "saas_warmup_steps": 128,
+    "saas_num_samples": 64,
+    "saas_thinning": 8,
+    "num_restarts": 4,
+    "raw_samples": 256,
+}
+QUICK_SAAS_MODEL: dict[str, Any] = {
+    "saas_warmup_steps": 16,
+    "saas_num_samples": 16,
+    "saas_thinning": 8,
+    "num_restarts": 2,
+    "raw_samples": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -248,16 +264,17 @@ def main() -> None:
         default=json.dumps(DEFAULT_SAAS_MODEL),
         help="JSON of engine.ModelSettings fields for the SAASBO contender ('{}': the engine's defaults)",
     )
+    parser.add_argument("--cheap-saas", action="store_true", help=f"SAASBO settings {CHEAP_SAAS_MODEL}")
     parser.add_argument("--max-batch-seconds", type=float, default=1800.0)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument(
-        "--quick", action="store_true", help="BraninCurrin-24, 32 evaluations in 8s, 1 seed, a short chain"
-    )
+    parser.add_argument("--quick", action="store_true", help="DTLZ2-24, 12 evaluations in 4s, 1 seed, a tiny chain")
     args = parser.parse_args()
     if args.quick:
-        args.problems, args.seeds, args.evaluations, args.batch = ["BraninCurrin-24"], 1, 32, 8
-        if args.saas_model == json.dumps(DEFAULT_SAAS_MODEL):  # a small chain: the test checks the plumbing
-            args.saas_model = json.dumps({"saas_warmup_steps": 32, "saas_num_samples": 32, "saas_thinning": 8})
+        args.problems, args.seeds, args.evaluations, args.batch = ["DTLZ2-24"], 1, 12, 4
+        if args.saas_model == json.dumps(DEFAULT_SAAS_MODEL):  # a tiny chain and optimizer: the test checks plumbing
+            args.saas_model = json.dumps(QUICK_SAAS_MODEL)
+    if args.cheap_saas:
+        args.saas_model = json.dumps(CHEAP_SAAS_MODEL)
     json.loads(args.saas_model)  # a typo fails here, not in a worker
     contenders = [c for c in CONTENDERS if not args.only or c in args.only]
     print(
