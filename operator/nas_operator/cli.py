@@ -391,7 +391,7 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
     Read from the store the experiment names: its ConfigMap, or the SQL database of an opted-in Secret.
     """
     from nas_operator.local.results import plot_pareto_png
-    from nas_operator.local.runner import pareto_table
+    from nas_operator.local.runner import full_training_table, pareto_table
 
     namespace = _current_namespace(namespace)
     api = _kube(context)
@@ -399,7 +399,10 @@ def pareto(name: str, namespace: str | None, context: str | None, plot: Path | N
     experiment, stored, where = _stored_state(api, namespace, obj)
     if stored is None:
         raise click.ClickException(f"{namespace}/{name} has no saved state yet (in the {where})")
-    Console().print(pareto_table(experiment, stored.state))
+    console = Console()
+    console.print(pareto_table(experiment, stored.state))
+    if stored.state.full_trials:
+        console.print(full_training_table(experiment, stored.state))
     if plot is not None:
         plot_pareto_png(experiment.spec, stored.state, plot)
         click.echo(f"plot written to {plot}")

@@ -158,6 +158,13 @@ PRINTER_COLUMNS = [
     {"name": "Pareto", "type": "integer", "jsonPath": ".status.paretoSize", "description": "trials on the front"},
     {"name": "Hypervolume", "type": "number", "jsonPath": ".status.hypervolume"},
     {"name": "Best", "type": "number", "jsonPath": ".status.bestValue", "description": "one objective: the best value"},
+    {
+        "name": "Full",
+        "type": "integer",
+        "jsonPath": ".status.fullTraining.succeeded",
+        "description": "stage 2: candidates trained in full",
+        "priority": 1,
+    },
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
