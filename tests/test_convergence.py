@@ -63,7 +63,19 @@ def test_hypervolume_gain_over_the_window_decides_for_several_objectives() -> No
     assert grew.improvement == pytest.approx(0.05 / 0.25) and not grew.converged  # 0.30 vs 0.25: +20%
     small = check_convergence(spec, state_of(spec, [*base, {"f1": 0.58, "f2": 0.6}, {"f1": 1.0, "f2": 1.0}]), rule)
     assert small.improvement == pytest.approx(0.01 / 0.25) and small.converged  # +4% < 10%
-    assert "grew 4.00% over the last 2 succeeded trials" in small.message and "minImprovement 10.00%" in small.message
+    assert "grew 4.00% over the last 2 succeeded trials" in small.message
+    assert "minImprovement is 10.00%" in small.message
+
+
+def test_without_thresholds_a_dominated_trial_that_widens_the_reference_is_no_progress() -> None:
+    document = toy_doc(maxTrials=200, parallelism=1)
+    for objective in document["spec"]["objectives"]:
+        del objective["threshold"]
+    spec = load_experiment(document).spec
+    rule = Convergence(window=1, min_improvement=0.10)
+    results = [{"f1": 0.2, "f2": 0.8}, {"f1": 0.8, "f2": 0.2}, {"f1": 0.9, "f2": 0.9}]  # the last: dominated, worst
+    check = check_convergence(spec, state_of(spec, results), rule)
+    assert check.improvement == 0.0 and check.converged
 
 
 def test_no_hypervolume_at_the_start_of_the_window_is_not_convergence() -> None:

@@ -162,3 +162,36 @@ def test_a_failed_search_has_no_stage_two_and_a_raised_budget_trains_only_new_ca
     h.run()
     assert h.state.stage == "done" and sorted(h.state.full_trials) == [0, 1, 2]
     assert sum(1 for launch in backend.launched if launch.name == "toy-f0") == 1
+
+
+def test_an_edit_of_full_training_during_stage_two_changes_nothing_already_planned() -> None:
+    backend = RecordingBackend()
+    h = Harness(spec_of(two_stage_doc(candidates=4)), backend)
+    while h.state.stage != "full":
+        h.loop.step()
+        h.clock.advance(1.0)
+    edited = two_stage_doc(candidates=4)
+    del edited["spec"]["fullTraining"]  # removed (or changed) while stage 2 runs
+    h.loop.update_spec(spec_of(edited))
+    h.run()
+    full = [launch for launch in backend.launched if "-f" in launch.name]
+    assert len(full) == 4 and all(launch.command[-1] == "--full" for launch in full)  # the plan it started with
+
+
+def test_a_run_interrupted_while_draining_after_convergence_resumes_and_ends() -> None:
+    document = toy_doc(maxTrials=50, parallelism=2)
+    document["spec"]["budget"]["convergence"] = {"window": 4, "minImprovement": 0.01}
+    spec = spec_of(document)
+    store = MemoryStore()
+    backend = FakeBackend(lambda name: Script(polls=2 if int(name.rsplit("t", 1)[1]) % 2 else 5))
+    h = Harness(spec, backend, store=store)
+    while not (h.loop.convergence() is not None and h.loop.convergence().converged and h.state.count("running")):
+        h.loop.step()
+        h.clock.advance(1.0)
+    h.loop.interrupt()  # Ctrl-C while the last trials drain
+    state, snapshot = store.load()
+    assert (state.phase, state.reason) == ("Stopped", "Interrupted")
+    again = Harness(spec, backend, engine=FakeEngine.restore(snapshot), state=state, store=store, clock=h.clock)
+    again.run()
+    assert (again.state.phase, again.state.reason) == ("Succeeded", "Converged")
+    assert again.state.count("queued", "launching", "running") == 0

@@ -328,7 +328,10 @@ class ExperimentController:
                 uid=uid,
                 request_timeout=self.request_timeout,
             )
-            stored = store.load()
+            try:
+                stored = store.load()
+            except ForeignState as exc:
+                raise SpecError([Problem(field, f"NASExperiment {name}: {exc}")]) from None
             if stored is None:
                 raise SpecError([Problem(field, f"NASExperiment {name} has saved no state yet")])
             sources.append((name, stored.state))

@@ -169,6 +169,11 @@ class Telemetry:
         with self._lock:
             self._phases.pop((namespace, name), None)
             self._publish_phases()
+            objectives = [key[2] for key in self._taus if key[:2] == (namespace, name)]
+            self._taus -= {(namespace, name, objective) for objective in objectives}
+        for objective in objectives:
+            with contextlib.suppress(KeyError):
+                self.rank_correlation.remove(namespace, name, objective)
         for metric, extra in self._labelled():
             for value in extra:
                 with contextlib.suppress(KeyError):  # never observed: nothing to remove
@@ -178,9 +183,6 @@ class Telemetry:
         yield self.trials, [(state,) for state in TRIAL_STATES]
         yield self.trial_duration, [(outcome,) for outcome in TRIAL_OUTCOMES]
         yield self.full_trials, [(state,) for state in FULL_TRAINING_STATES]
-        with self._lock:
-            metrics = sorted({key[2] for key in self._taus})
-        yield self.rank_correlation, [(metric,) for metric in metrics]  # remove() skips series never set
         for metric in (
             self.generation,
             self.hypervolume,

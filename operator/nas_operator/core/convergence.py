@@ -26,7 +26,7 @@ import numpy as np
 
 from nas_operator.core.state import LoopState, TrialRecord
 from nas_operator.resource.spec import Convergence, NASExperimentSpec
-from nas_operator.search.pareto import feasible, hypervolume
+from nas_operator.search.pareto import feasible, hypervolume_of, pareto_indices, reference_point
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,29 @@ def _hypervolume_check(
     before: dict[int, dict[str, float]],
     now: dict[int, dict[str, float]],
 ) -> ConvergenceCheck:
-    start, end = hypervolume(spec, before), hypervolume(spec, now)
+    # One reference point for both ends of the window: the final one (thresholds; without them, the worst feasible
+    # value seen so far), else a dominated trial that widens the reference would pass for progress.
+    reference = reference_point(spec, now)
+    start, end = _hypervolume_at(spec, before, reference), _hypervolume_at(spec, now, reference)
     if start <= 0.0:
         return ConvergenceCheck(False, len(now), None, "no hypervolume yet at the start of the window")
     improvement = (end - start) / start
     message = (
         f"the hypervolume grew {improvement:.2%} over the last {rule.window} succeeded trials "
-        f"({start:.6g} to {end:.6g}), less than spec.budget.convergence.minImprovement {rule.min_improvement:.2%}"
+        f"({start:.6g} to {end:.6g}); spec.budget.convergence.minImprovement is {rule.min_improvement:.2%}"
     )
     return ConvergenceCheck(improvement < rule.min_improvement, len(now), improvement, message)
+
+
+def _hypervolume_at(
+    spec: NASExperimentSpec, results: dict[int, dict[str, float]], reference: np.ndarray | None
+) -> float:
+    indices = pareto_indices(spec, results)
+    if not indices or reference is None:
+        return 0.0
+    signs = np.array([-1.0 if o.minimize else 1.0 for o in spec.objectives])
+    points = np.array([[results[i][o.metric] for o in spec.objectives] for i in indices], dtype=float) * signs
+    return hypervolume_of(points, reference)
 
 
 def _best_value_check(spec: NASExperimentSpec, rule: Convergence, trials: list[TrialRecord]) -> ConvergenceCheck:
@@ -98,6 +112,6 @@ def _best_value_check(spec: NASExperimentSpec, rule: Convergence, trials: list[T
     message = (
         f"the best {objective.metric} moved {sign * gain:+.6g} over the last {rule.window} succeeded trials "
         f"({sign * start:.6g} to {sign * end:.6g}), {improvement:.2%} of the interquartile range of the values seen "
-        f"({spread:.6g}), less than spec.budget.convergence.minImprovement {rule.min_improvement:.2%}"
+        f"({spread:.6g}); spec.budget.convergence.minImprovement is {rule.min_improvement:.2%}"
     )
     return ConvergenceCheck(improvement < rule.min_improvement, len(trials), improvement, message)

@@ -42,7 +42,7 @@ from nas_operator.core.full_training import full_trial_name, low_correlations, r
 from nas_operator.core.metrics import MetricsError, read_trial_metrics
 from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, TrialRecord, trial_name
 from nas_operator.core.stopping import TrialStopper
-from nas_operator.resource.spec import NASExperimentSpec
+from nas_operator.resource.spec import NASExperimentSpec, TrialTemplate
 from nas_operator.resource.spec_checks import full_training_template, parse_duration
 from nas_operator.search.engine import Engine, PriorObservation, TrialOutcome, TrialOutcomeStatus
 from nas_operator.search.stopping_rule import Verdict
@@ -572,6 +572,11 @@ class ExperimentLoop:
             self.state.finished_at, self.state.resumed_at = None, self.clock()
             self._emit("Resumed", "stage 2 (full training) continues")
             return True
+        if self.finished and self.state.reason == "Interrupted" and not self.spec.suspend:
+            # Always resumed: the next step applies whatever stop decision holds (it may have been draining when
+            # interrupted, with trials put back in the queue that must still run or be dropped).
+            self._reopen()
+            return True
         if not self.finished or self.state.reason == "InvalidSpec" or self._stop_decision(now) is not None:
             return False
         if self.spec.suspend and self.state.reason == "Suspended":
@@ -640,6 +645,12 @@ class ExperimentLoop:
                 created_at=now,
             )
         self.state.search_outcome = {"phase": decision.phase, "reason": decision.reason, "message": decision.message}
+        limit = stage.trial_timeout or self.spec.budget.trial_timeout
+        self.state.full_plan = {
+            "template": full_training_template(self.spec).model_dump(mode="json", by_alias=True, exclude_none=True),
+            "timeout": parse_duration(limit) if limit else None,
+            "parallelism": stage.parallelism or self.spec.budget.parallelism,
+        }
         self.state.stage = "full"
         self.state.phase, self.state.reason = "Running", "FullTraining"
         self.state.message = f"the search ended ({decision.reason}); {len(new)} candidate(s) to train in full"
@@ -647,11 +658,10 @@ class ExperimentLoop:
         return True
 
     def _full_training_step(self, now: float) -> bool:
-        stage = self.spec.full_training
         records = [t for _, t in sorted(self.state.full_trials.items())]
-        changed = False
-        limit = stage.trial_timeout if stage is not None and stage.trial_timeout else self.spec.budget.trial_timeout
-        timeout = parse_duration(limit) if limit else None
+        changed = self._finish_pending_stops()  # an early-stopped search trial whose kill has not gone through yet
+        plan = self._full_plan()
+        timeout: float | None = plan["timeout"]
         for trial in [t for t in records if t.status == "running"]:
             observation = self.backend.poll(trial)
             if observation.handle is not None:
@@ -667,8 +677,7 @@ class ExperimentLoop:
         for trial in [t for t in records if t.status == "launching" and t.handle.get("retry_at", 0.0) <= now]:
             self._start_full(trial, timeout)
             changed = True
-        parallelism = (stage.parallelism if stage is not None else None) or self.spec.budget.parallelism
-        free = parallelism - sum(1 for t in records if t.status in ACTIVE)
+        free = int(plan["parallelism"]) - sum(1 for t in records if t.status in ACTIVE)
         ready = [t for t in records if t.status == "queued"][: max(0, free)] if not self.spec.suspend else []
         if ready:
             for trial in ready:
@@ -692,10 +701,22 @@ class ExperimentLoop:
             self.state.message, changed = message, True
         return changed
 
+    def _full_plan(self) -> dict[str, Any]:
+        """The plan stage 2 started with (a state saved before plans were kept: the spec's, as it is now)."""
+        if self.state.full_plan:
+            return self.state.full_plan
+        stage = self.spec.full_training
+        limit = (stage.trial_timeout if stage is not None else None) or self.spec.budget.trial_timeout
+        return {
+            "template": full_training_template(self.spec).model_dump(mode="json", by_alias=True, exclude_none=True),
+            "timeout": parse_duration(limit) if limit else None,
+            "parallelism": (stage.parallelism if stage is not None else None) or self.spec.budget.parallelism,
+        }
+
     def _start_full(self, trial: TrialRecord, timeout: float | None) -> None:
         now = self.clock()
         log_dir, trial_dir = self.backend.trial_paths(self.state.experiment, trial.name)
-        template = full_training_template(self.spec)
+        template = TrialTemplate.model_validate(self._full_plan()["template"])
         launch = render_launch(self.state.experiment, trial, template, log_dir, trial_dir, timeout)
         launch.env["NAS_STAGE"] = "full"
         crash_point("create:before")

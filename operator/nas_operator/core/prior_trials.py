@@ -31,7 +31,7 @@ from nas_operator.core.state import LoopState
 from nas_operator.resource.spec import NASExperimentSpec, Parameter
 from nas_operator.resource.spec_checks import metric_directions, parse_parameter_constraint
 
-# At most this many prior trials are kept (the most recent of each source first); a state must fit its store.
+# At most this many prior trials are kept (the first ones, sources in the order named); a state must fit its store.
 MAX_PRIOR_TRIALS = 2000
 
 
@@ -62,9 +62,16 @@ def select_prior_trials(spec: NASExperimentSpec, sources: Iterable[tuple[str, Lo
     selection = PriorSelection()
     metrics = sorted(metric_directions(spec))
     constraints = [parse_parameter_constraint(text) for text in spec.parameter_constraints]
+    seen: set[str] = set()
     for source, state in sources:
+        if source in seen:  # named twice (in the spec and on the command line): its trials count once
+            continue
+        seen.add(source)
         for trial in state.by_status("succeeded"):
-            why = _unusable(spec, trial.parameters, trial.metrics, metrics, constraints)
+            try:
+                why = _unusable(spec, trial.parameters, trial.metrics, metrics, constraints)
+            except (OverflowError, TypeError, ValueError):  # a hand-edited state: an unusable value, not a crash
+                why = "with a value that is not a number it should be"
             if why:
                 selection.skipped[why] += 1
                 continue
@@ -93,7 +100,7 @@ def _unusable(
     for p in spec.parameters:
         value = parameters.get(p.name)
         if p.type == "fixed":
-            if p.name in parameters and value != p.value:
+            if p.name in parameters and (value != p.value or isinstance(value, bool) != isinstance(p.value, bool)):
                 return f"with {p.name} other than its fixed value here"
             continue
         if p.name not in parameters:

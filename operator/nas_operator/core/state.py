@@ -88,6 +88,9 @@ class LoopState:
     stage: str = "search"
     full_trials: dict[int, TrialRecord] = field(default_factory=dict)
     search_outcome: dict[str, str] = field(default_factory=dict)  # the search's phase, reason and message at its end
+    # Stage 2's plan, fixed when it starts (the merged trial template, its timeout in seconds, its parallelism): an
+    # edit of spec.fullTraining during stage 2 never mixes two templates in one set of full trainings.
+    full_plan: dict[str, Any] = field(default_factory=dict)
 
     def count(self, *statuses: str) -> int:
         return sum(1 for t in self.trials.values() if t.status in statuses)

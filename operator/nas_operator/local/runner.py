@@ -33,6 +33,7 @@ from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.core.status import pareto_front
 from nas_operator.local.results import write_results
 from nas_operator.resource.spec import NASExperiment, NASExperimentSpec
+from nas_operator.resource.spec_checks import full_training_template
 from nas_operator.search.engine import Engine
 from nas_operator.search.pareto import hypervolume
 from nas_operator.search.worker import InlineEngineWorker, ThreadedEngineWorker
@@ -91,6 +92,21 @@ def effective_parallelism(spec: NASExperimentSpec, inventory: GpuInventory) -> i
         raise MachineRefused(str(exc)) from None
 
 
+def with_local_full_training(spec: NASExperimentSpec, inventory: GpuInventory) -> NASExperimentSpec:
+    """spec.fullTraining's parallelism capped by this machine's GPUs, as the search's is (refused at the start)."""
+    stage = spec.full_training
+    if stage is None:
+        return spec
+    wanted = stage.parallelism or spec.budget.parallelism
+    try:
+        allowed = concurrent_trials(inventory, full_training_template(spec).resources.gpu, wanted)
+    except GpuError as exc:
+        raise MachineRefused(str(exc).replace("spec.trial.", "spec.fullTraining.trial.")) from None
+    if allowed == wanted:
+        return spec
+    return spec.model_copy(update={"full_training": stage.model_copy(update={"parallelism": allowed})})
+
+
 def _with_parallelism(spec: NASExperimentSpec, parallelism: int) -> NASExperimentSpec:
     if parallelism == spec.budget.parallelism:
         return spec
@@ -130,6 +146,8 @@ def open_experiment(
             f"{store.path} was saved for a different search space, objectives or algorithm; "
             "restore the spec, choose another --results directory, or pass --fresh to start over"
         )
+    if warm_start_dirs and console is not None:
+        console.print("[yellow]--warm-start ignored:[/] a resumed experiment keeps the trials it started from")
     engine = restore_engine(experiment.spec, stored.engine, stored.state)
     return stored.state, engine, True
 
@@ -194,6 +212,7 @@ def run_local(
     spec = experiment.spec
     inventory = gpus if gpus is not None else detect_gpus()
     parallelism = effective_parallelism(spec, inventory)  # refuses before any state is read or written
+    full_spec = with_local_full_training(spec, inventory)
     store = FileStore(results_dir)
     state, engine, resumed = open_experiment(experiment, store, fresh, warm_start_dirs, console)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +263,7 @@ def run_local(
         message = event.message if len(event.message) < 600 else event.message[:600] + "..."
         console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.reason:<15}[/] {prefix}{message}")
 
-    loop_spec = _with_parallelism(spec, parallelism)
+    loop_spec = _with_parallelism(full_spec, parallelism)
     loop = ExperimentLoop(
         loop_spec,
         state,

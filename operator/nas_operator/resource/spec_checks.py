@@ -589,18 +589,25 @@ def _check_metrics(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
         yield Problem(f"{root}.outcomeConstraints", f'metric "{name}" is constrained more than once')
 
 
+_BUDGET_DURATIONS = (("max_duration", "maxDuration"), ("trial_timeout", "trialTimeout"))
+
+
 def _check_budget(spec: NASExperimentSpec, root: str) -> Iterable[Problem]:
     budget = spec.budget
-    for field, alias in (("max_duration", "maxDuration"), ("trial_timeout", "trialTimeout")):
-        value = getattr(budget, field)
+    durations = [(f"{root}.budget.{alias}", getattr(budget, field)) for field, alias in _BUDGET_DURATIONS]
+    if spec.full_training is not None:
+        durations.append((f"{root}.fullTraining.trialTimeout", spec.full_training.trial_timeout))
+    for path, value in durations:
         if value is not None:
             try:
                 seconds = parse_duration(value)
             except ValueError as exc:
-                yield Problem(f"{root}.budget.{alias}", str(exc))
+                yield Problem(path, str(exc))
                 continue
             if seconds > L.MAX_DURATION_SECONDS:
-                yield Problem(f"{root}.budget.{alias}", f"must be at most {L.MAX_DURATION_SECONDS / 86400:g} days")
+                yield Problem(path, f"must be at most {L.MAX_DURATION_SECONDS / 86400:g} days")
+            elif seconds <= 0 and path.endswith("fullTraining.trialTimeout"):
+                yield Problem(path, "must be longer than 0s")
     if budget.parallelism > budget.max_trials:
         yield Problem(
             f"{root}.budget.parallelism", f"must not exceed maxTrials ({budget.parallelism} > {budget.max_trials})"
