@@ -460,11 +460,15 @@ class ExperimentLoop:
         trial.started_at = now
         self._emit("TrialLaunched", _short_parameters(trial.parameters), trial.name)
 
-    def _retry_launch_later(self, trial: TrialRecord, now: float, error: str) -> None:
-        """Keep the trial `launching` (it holds its slot) and try again after a backoff; give up after a limit."""
+    def _retry_launch_later(self, trial: TrialRecord, now: float, error: str, full: bool = False) -> None:
+        """Keep the trial `launching` (it holds its slot) and try again after a backoff; give up after a limit.
+
+        `full`: a stage-2 training, which fails on its own (never through the engine).
+        """
         tries = int(trial.handle.get("launch_tries", 0)) + 1
         if tries >= LAUNCH_RETRY_LIMIT:
-            self._finish_trial(trial, "failed", now, reason=f"could not be launched after {tries} tries: {error}")
+            finish = self._finish_full if full else self._finish_trial
+            finish(trial, "failed", now, reason=f"could not be launched after {tries} tries: {error}")
             return
         delay = min(LAUNCH_RETRY_MAX_SECONDS, LAUNCH_RETRY_FIRST_SECONDS * 2 ** (tries - 1))
         trial.handle = {**trial.handle, "launch_tries": tries, "retry_at": now + delay}
@@ -723,13 +727,7 @@ class ExperimentLoop:
         try:
             handle = self.backend.launch(launch)
         except TransientLaunchError as exc:
-            tries = int(trial.handle.get("launch_tries", 0)) + 1
-            if tries >= LAUNCH_RETRY_LIMIT:
-                self._finish_full(trial, "failed", now, reason=f"could not be launched after {tries} tries: {exc}")
-                return
-            delay = min(LAUNCH_RETRY_MAX_SECONDS, LAUNCH_RETRY_FIRST_SECONDS * 2 ** (tries - 1))
-            trial.handle = {**trial.handle, "launch_tries": tries, "retry_at": now + delay}
-            self._dirty = True
+            self._retry_launch_later(trial, now, str(exc), full=True)
             return
         except Exception as exc:  # refused for good (LaunchError) or a bug: this candidate fails, the rest go on
             log.warning("launching %s failed: %s", trial.name, exc)
