@@ -100,8 +100,8 @@ def build_job(
 
     policy = policy or TrialPolicy()
     uid = experiment_uid or str((owner_reference or {}).get("uid") or "")
-    if launch.template != spec.trial:  # stage 2's template (spec.fullTraining's overrides): checked as itself
-        spec = spec.model_copy(update={"trial": launch.template})
+    # The launch's own template is the one checked and built (stage 2's is spec.fullTraining's overrides merged in).
+    spec = spec.model_copy(update={"trial": launch.template})
     template = spec.trial
     if not template.image:
         raise LaunchError("spec.trial.image is required to run trials on Kubernetes")

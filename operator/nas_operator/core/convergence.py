@@ -58,11 +58,10 @@ def check_convergence(spec: NASExperimentSpec, state: LoopState, rule: Convergen
     needed = first_decision(spec, rule)
     if len(trials) < needed:
         return ConvergenceCheck(False, len(trials), None, f"{len(trials)} of {needed} succeeded trials before deciding")
+    if len(spec.objectives) == 1:
+        return _best_value_check(spec, rule, trials)
     before = {t.index: t.metrics for t in trials[: -rule.window]}
-    now = {t.index: t.metrics for t in trials}
-    if len(spec.objectives) > 1:
-        return _hypervolume_check(spec, rule, before, now)
-    return _best_value_check(spec, rule, trials)
+    return _hypervolume_check(spec, rule, before, {t.index: t.metrics for t in trials})
 
 
 def _hypervolume_check(

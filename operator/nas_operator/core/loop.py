@@ -649,12 +649,7 @@ class ExperimentLoop:
                 created_at=now,
             )
         self.state.search_outcome = {"phase": decision.phase, "reason": decision.reason, "message": decision.message}
-        limit = stage.trial_timeout or self.spec.budget.trial_timeout
-        self.state.full_plan = {
-            "template": full_training_template(self.spec).model_dump(mode="json", by_alias=True, exclude_none=True),
-            "timeout": parse_duration(limit) if limit else None,
-            "parallelism": stage.parallelism or self.spec.budget.parallelism,
-        }
+        self.state.full_plan = self._plan_from_spec()
         self.state.stage = "full"
         self.state.phase, self.state.reason = "Running", "FullTraining"
         self.state.message = f"the search ended ({decision.reason}); {len(new)} candidate(s) to train in full"
@@ -707,8 +702,10 @@ class ExperimentLoop:
 
     def _full_plan(self) -> dict[str, Any]:
         """The plan stage 2 started with (a state saved before plans were kept: the spec's, as it is now)."""
-        if self.state.full_plan:
-            return self.state.full_plan
+        return self.state.full_plan or self._plan_from_spec()
+
+    def _plan_from_spec(self) -> dict[str, Any]:
+        """Stage 2's plan from the spec now: the merged template, its timeout in seconds, its parallelism."""
         stage = self.spec.full_training
         limit = (stage.trial_timeout if stage is not None else None) or self.spec.budget.trial_timeout
         return {
