@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from urllib3.exceptions import HTTPError as ConnectionFailure
 
@@ -62,8 +62,20 @@ STUCK_WAITING_REASONS = frozenset(
         *FINAL_WAITING_REASONS,
     }
 )
+# A launched Job the watch cache has not shown yet is read from the API server after this long.
+UNSEEN_JOB_CHECK_SECONDS = 5.0
 # A 409 means "exists": adopt. These mean "not now": the loop retries with backoff.
 TRANSIENT_STATUSES = frozenset({0, 401, 408, 429, 500, 502, 503, 504})
+
+
+class TrialObjectCache(Protocol):
+    """Where Jobs and Pods may be read without a request (cluster/trial_watch.py); None means "ask the server"."""
+
+    def job(self, namespace: str, name: str) -> Any | None: ...
+
+    def pods(self, namespace: str, job_uid: str) -> list[Any] | None: ...
+
+
 _MOUNT_KINDS = {"BindMount": "bind", "VolumeMount": "volume", "DeviceMount": "device"}
 
 
@@ -296,6 +308,7 @@ class KubernetesBackend:
         experiment_uid: str = "",
         policy: TrialPolicy | None = None,
         request_timeout: float = 30.0,
+        objects: TrialObjectCache | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -309,6 +322,7 @@ class KubernetesBackend:
         self.experiment_uid = experiment_uid or str((owner_reference or {}).get("uid") or "")
         self.policy = policy or TrialPolicy()
         self.request_timeout = request_timeout
+        self.objects = objects
         self.clock = time.time
 
     # ------------------------------------------------------------------------------- paths
@@ -388,12 +402,14 @@ class KubernetesBackend:
         from kubernetes.client.exceptions import ApiException
 
         name = trial.handle.get("job", trial.name)
-        try:
-            job = self.batch.read_namespaced_job(name, self.namespace, _request_timeout=self.request_timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return Observation("missing", message=f"Job {self.namespace}/{name} no longer exists")
-            raise
+        job = self.objects.job(self.namespace, name) if self.objects is not None else None
+        if job is None:  # not watched, not synced, not seen yet (just created) or pruned: ask the API server
+            try:
+                job = self.batch.read_namespaced_job(name, self.namespace, _request_timeout=self.request_timeout)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Observation("missing", message=f"Job {self.namespace}/{name} no longer exists")
+                raise
         if trial.handle.get("uid") and job.metadata.uid != trial.handle["uid"]:
             return Observation("missing", message=f"Job {name} was replaced by another object of that name")
         if self.experiment_uid and self.experiment_uid not in _owner_uids(job):
@@ -427,13 +443,46 @@ class KubernetesBackend:
             return Observation("failed", message=stuck)
         return Observation("running")
 
+    def next_check(self, trial: TrialRecord) -> float | None:
+        """Seconds until the trial may pass the pending timeout, read from the watch cache (no request).
+
+        A pod stuck in Pending produces no further event, so without this the stuck check would never run again;
+        a trial whose pod runs needs no timer at all. None without a cache: the caller's resync timer polls instead.
+        """
+        if self.objects is None:
+            return None
+        name = trial.handle.get("job", trial.name)
+        job = self.objects.job(self.namespace, name)
+        if job is None:
+            return UNSEEN_JOB_CHECK_SECONDS  # created a moment ago, or the watch is down: look (GET) again soon
+        if (job.status.ready or 0) > 0 or any(c.status == "True" for c in job.status.conditions or []):
+            return None
+        pods = self.objects.pods(self.namespace, job.metadata.uid) or []
+        live = [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase != "Failed"]
+        if any(p.status.phase in ("Running", "Succeeded") for p in live):
+            return None
+        anchors = [trial.started_at, _epoch(job.metadata.creation_timestamp)]
+        anchors += [_epoch(p.metadata.creation_timestamp) for p in live]
+        since = max((a for a in anchors if a is not None), default=self.clock())
+        return max(1.0, since + self.policy.pending_timeout_seconds + 1.0 - self.clock())
+
     def _pods(self, job: Any) -> list[Any]:
-        """The pods of this very Job (by its uid: never those of an earlier Job of the same name), oldest first."""
-        pods = self.core.list_namespaced_pod(
-            self.namespace,
-            label_selector=f"{LABEL_CONTROLLER_UID}={job.metadata.uid}",
-            _request_timeout=self.request_timeout,
-        ).items
+        """The pods of this very Job (by its uid: never those of an earlier Job of the same name), oldest first.
+
+        From the watch cache when it has them; but a Job that ended is concluded from its pods' terminated states
+        (exit code, termination message), and two watches give no order between a pod's last update and its Job's,
+        so an ended Job whose cached pods show no terminated container is listed from the API server.
+        """
+        cached = self.objects.pods(self.namespace, job.metadata.uid) if self.objects is not None else None
+        ended = any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
+        if cached is not None and (not ended or _last_terminated(cached) is not None):
+            pods = cached
+        else:
+            pods = self.core.list_namespaced_pod(
+                self.namespace,
+                label_selector=f"{LABEL_CONTROLLER_UID}={job.metadata.uid}",
+                _request_timeout=self.request_timeout,
+            ).items
         return sorted(pods, key=lambda p: (_epoch(p.metadata.creation_timestamp) or 0.0, p.metadata.name))
 
     def _stuck(self, job: Any, trial: TrialRecord) -> str | None:

@@ -12,19 +12,23 @@ behind what was launched, and an outside edit of the state is re-read instead of
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend
+from nas_operator.backends.kubernetes import TRIAL_LOG_MOUNT, KubernetesBackend, TrialObjectCache
 from nas_operator.cluster.telemetry import Telemetry
 from nas_operator.core.loop import Event, ExperimentLoop, create_engine, restore_engine
 from nas_operator.core.prior_trials import select_prior_trials
-from nas_operator.core.state import LoopState, spec_fingerprint
+from nas_operator.core.state import ACTIVE, TERMINAL_PHASES, LoopState, spec_fingerprint
 from nas_operator.core.status import build_status, timestamp
 from nas_operator.resource.policy import TrialPolicy
 from nas_operator.resource.spec import (
@@ -37,6 +41,7 @@ from nas_operator.resource.spec import (
     NASExperimentStatus,
 )
 from nas_operator.resource.spec_checks import NAME_RFC1123, Problem, SpecError, load_spec
+from nas_operator.search.engine import Engine
 from nas_operator.search.worker import ThreadedEngineWorker
 from nas_operator.storage.open_store import open_store
 from nas_operator.storage.store import ConfigMapStore, ForeignState, StateTooLarge, StoreConflict
@@ -119,6 +124,64 @@ def _with_store_condition(
     return status.model_copy(update={"conditions": [*kept, condition]})
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """When an experiment is stepped besides its events (the chart's operator.* values; see `wait_seconds`)."""
+
+    poll_seconds: float = 2.0  # early-stopping reads of training curves while trials run
+    resync_seconds: float = 60.0  # a loaded experiment with nothing happening is looked at this often
+    idle_evict_seconds: float = 600.0  # a loaded experiment idle this long gives its engine back (0: never)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StepTiming:
+        env = dict(os.environ if env is None else env)
+        values = {}
+        for field_name, variable in (
+            ("poll_seconds", "NAS_STEP_SECONDS"),
+            ("resync_seconds", "NAS_RESYNC_SECONDS"),
+            ("idle_evict_seconds", "NAS_IDLE_EVICT_SECONDS"),
+        ):
+            text = env.get(variable, "").strip()
+            if not text:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{variable}: not a number of seconds: {text!r}") from None
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"{variable}: must be a finite number of seconds >= 0, got {text!r}")
+            values[field_name] = value
+        return cls(**values)
+
+
+def _stored_status(document: dict[str, Any] | None) -> NASExperimentStatus | None:
+    """The status the object carries (written by an earlier operator process), if it parses."""
+    if not document:
+        return None
+    try:
+        return NASExperimentStatus.model_validate(document)
+    except Exception:  # a hand-edited or older status: rebuilt from the store at the first step
+        return None
+
+
+def _with_model_queue_condition(status: NASExperimentStatus, waiting: bool) -> NASExperimentStatus:
+    """`WaitingForModel` while the experiment's next candidates wait for a slot of the operator's fit pool."""
+    if not waiting:
+        return status
+    condition = Condition(
+        type="WaitingForModel",
+        status="True",
+        reason="FitQueued",
+        message="candidates wait for a slot of the operator's model-fit pool (shared fairly across namespaces)",
+        last_transition_time=timestamp(datetime.now(UTC).timestamp()),
+    )
+    return status.model_copy(update={"conditions": [*status.conditions, condition]})
+
+
+def _restorer(spec: NASExperimentSpec, snapshot: dict[str, Any], table: LoopState) -> Callable[[], Engine]:
+    return lambda: restore_engine(spec, snapshot, table)
+
+
 class ExperimentController:
     def __init__(
         self,
@@ -129,6 +192,12 @@ class ExperimentController:
         telemetry: Telemetry | None = None,
         policy: TrialPolicy | None = None,
         request_timeout: float = 30.0,
+        *,
+        objects: TrialObjectCache | None = None,
+        fit_slot: Callable[[threading.Event], AbstractContextManager[object]] | None = None,
+        restore_slot: Callable[[], AbstractContextManager[object]] | None = None,
+        wake: Callable[[], None] | None = None,
+        timing: StepTiming | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -146,12 +215,32 @@ class ExperimentController:
         self.failures = 0  # failed steps in a row
         self.retry_at = 0.0  # monotonic time before which a failing experiment is not stepped again
         self.telemetry = telemetry
+        self.objects = objects
+        self.fit_slot = fit_slot
+        self.restore_slot = restore_slot
+        self.wake = wake or (lambda: None)
+        self.timing = timing or StepTiming()
+        self.due_at: float | None = None  # monotonic time of the next decision no event announces
+        self.evicted = False  # the loop was dropped while idle; trial events and due times bring it back
+        self.last_active = time.monotonic()
 
-    def step(self, spec_document: dict[str, Any], generation: int | None) -> dict[str, Any]:
-        """One reconcile step; returns the status to patch."""
+    def step(
+        self,
+        spec_document: dict[str, Any],
+        generation: int | None,
+        stored_status: dict[str, Any] | None = None,
+        woken: bool = True,
+    ) -> dict[str, Any]:
+        """One reconcile step; returns the status to patch.
+
+        `stored_status` is the object's status (used once, after a restart, so a finished experiment is recognised
+        without reading its store); `woken` is False when the step only runs because a timer expired.
+        """
         started = time.monotonic()
+        if self.previous is None:
+            self.previous = _stored_status(stored_status)
         try:
-            status = self._step(spec_document, generation)
+            status = self._step(spec_document, generation, woken)
         except Exception:
             if self.telemetry is not None:
                 self.telemetry.count_error(self.namespace, self.name)
@@ -162,12 +251,78 @@ class ExperimentController:
             self.telemetry.observe_status(self.namespace, self.name, status, size)
         return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
-    def _step(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
-        status = self._step_status(spec_document, generation)
+    def wait_seconds(self) -> float | None:
+        """How long the caller may wait for an event before stepping again; None: until an event (or a new spec).
+
+        A loaded experiment is looked at every `resync_seconds` even with nothing due, as controller-runtime's
+        resync does, so a missed event costs a delay, never a stall. A finished, suspended or evicted one is
+        not: it holds no engine, and only an event (or a due time) loads it again.
+        """
+        now = time.monotonic()
+        waits = []
+        if self.retry_at > now or (self.failures and self.loop is None):
+            waits.append(max(0.0, self.retry_at - now))
+        if self.due_at is not None:
+            waits.append(max(0.0, self.due_at - now))
+        if self.loop is not None or self._unsettled():
+            waits.append(self.timing.resync_seconds)
+        return min(waits) if waits else None
+
+    def _unsettled(self) -> bool:
+        """No loop, yet not at rest: a step that could not load it (a foreign state, an unreachable store)."""
+        previous = self.previous
+        return not self.evicted and (previous is None or previous.phase not in TERMINAL_PHASES)
+
+    def _step(self, spec_document: dict[str, Any], generation: int | None, woken: bool) -> NASExperimentStatus:
+        status = self._step_status(spec_document, generation, woken)
+        if status != self.previous:
+            self.last_active = time.monotonic()
         self.previous = status
+        self._settle()
         return status
 
-    def _step_status(self, spec_document: dict[str, Any], generation: int | None) -> NASExperimentStatus:
+    def _at_rest(self, generation: int | None, woken: bool) -> bool:
+        """Whether this step can answer with the last status without loading the experiment.
+
+        A finished experiment (and a suspended one, whose phase is Stopped) changes only with its spec: it is
+        never decoded again until then, after a restart included. An evicted one waits for an event about its
+        trials or a due time.
+        """
+        previous = self.previous
+        if self.loop is not None or previous is None or previous.observed_generation != generation:
+            return False
+        if previous.phase in TERMINAL_PHASES and previous.reason != "InvalidSpec":
+            return True
+        if self.evicted:
+            return not woken and (self.due_at is None or time.monotonic() < self.due_at)
+        return False
+
+    def _settle(self) -> None:
+        """Give the engine back when the experiment no longer needs it: finished, suspended, or idle too long."""
+        loop, worker = self.loop, self.worker
+        if loop is None or worker is None:
+            return
+        now = time.time()
+        due = loop.next_due(now, self.timing.poll_seconds)
+        self.due_at = time.monotonic() + due if due is not None else None
+        if loop.finished and loop.state.stage != "full" and not loop.state.count(*ACTIVE):
+            self._drop_loop()
+            self.due_at = None
+            return
+        idle = time.monotonic() - self.last_active
+        evict = self.timing.idle_evict_seconds
+        if (
+            evict > 0
+            and idle >= evict
+            and not worker.generating
+            and not loop.state.count("queued", "launching")
+            and (loop.spec.early_stopping is None or not loop.state.count("running"))
+        ):
+            log.info("%s/%s: idle for %.0fs, engine evicted to its store", self.namespace, self.name, idle)
+            self._drop_loop()
+            self.evicted = True
+
+    def _step_status(self, spec_document: dict[str, Any], generation: int | None, woken: bool) -> NASExperimentStatus:
         previous = self.previous
         if previous is not None and time.monotonic() < self.retry_at:
             return previous  # backing off after failed steps: a rebuild (an Ax restore) per step would burn the CPU
@@ -180,10 +335,13 @@ class ExperimentController:
         except SpecError as exc:
             self._drop_loop()
             return failed_status("InvalidSpec", str(exc), generation, previous)
+        if previous is not None and self._at_rest(generation, woken):
+            return previous
         try:
             loop = self._loop(spec)
             loop.update_spec(spec)
-            loop.step()
+            if loop.step():
+                self.last_active = time.monotonic()
         except StateTooLarge as exc:
             self._drop_loop()
             return failed_status("StateTooLarge", str(exc), generation, previous)
@@ -217,13 +375,15 @@ class ExperimentController:
             return _with_store_condition(previous, problem, previous)
         self.failures = 0
         status = build_status(spec, loop.state, generation, previous)
-        return _with_store_condition(status, None, previous)
+        waiting = self.worker is not None and self.worker.waiting_for_slot
+        return _with_model_queue_condition(_with_store_condition(status, None, previous), waiting)
 
     def _drop_loop(self) -> None:
         """Forget the cached loop and store; the next step rebuilds both from what is stored."""
         if self.worker is not None:
             self.worker.close()
         self.loop, self.worker, self.store = None, None, None
+        self.evicted = False
 
     def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
         """The store the spec names: the experiment's ConfigMap, or a database whose URL is in an opted-in Secret."""
@@ -250,7 +410,9 @@ class ExperimentController:
                 selection = select_prior_trials(spec, self._warm_start_sources(spec.warm_start.experiments))
                 state.prior = [asdict(trial) for trial in selection.trials]
                 warm_started = selection.summary()
-            engine = create_engine(spec, self.name, state)
+            built = create_engine(spec, self.name, state)
+            engine: Engine | Callable[[], Engine] = built
+            snapshot = built.snapshot()
         else:
             if stored.state.fingerprint != fingerprint:
                 # The CRD's immutability rules refuse such an update; this guards a CRD without them.
@@ -259,7 +421,10 @@ class ExperimentController:
                 )
             state = stored.state
             state.uid = state.uid or self.uid  # a state from before uids were recorded is adopted
-            engine = restore_engine(spec, stored.engine, state)
+            # Ax decodes the snapshot on the engine's thread, when a result or a request first needs it, from the
+            # table as it is now (what the loop does later reaches the engine as operations, in order).
+            table, snapshot = copy.deepcopy(state), stored.engine
+            engine = _restorer(spec, snapshot, table)
         backend = KubernetesBackend(
             self.api_client,
             self.namespace,
@@ -269,15 +434,22 @@ class ExperimentController:
             experiment_uid=self.uid,
             policy=self.policy,
             request_timeout=self.request_timeout,
+            objects=self.objects,
         )
-        self.worker = ThreadedEngineWorker(engine, on_generation=self._generated)
+        self.worker = ThreadedEngineWorker(
+            engine,
+            on_generation=self._generated,
+            fit_slot=self.fit_slot,
+            restore_slot=self.restore_slot,
+            on_wake=self.wake,
+        )
         self.loop = ExperimentLoop(
             spec,
             state,
             self.worker,
             backend,
             self.store,
-            engine.snapshot(),
+            snapshot,
             on_event=self._event,
             count_downtime=True,
         )

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from nas_operator.resource.spec import NASExperimentStatus
 
@@ -24,6 +28,7 @@ TRIAL_OUTCOMES = ("succeeded", "failed", "stopped", "early_stopped")
 TRIAL_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+FIT_WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 
 Key = tuple[str, str]  # (namespace, experiment)
 
@@ -110,6 +115,27 @@ class Telemetry:
             buckets=STEP_BUCKETS,
             registry=self.registry,
         )
+        self.fit_wait = Histogram(
+            "nas_fit_wait_seconds",
+            "Time a request for candidates waited for a slot of the operator's model-fit pool",
+            ("namespace",),
+            buckets=FIT_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "nas_api_requests",
+            "Kubernetes API requests the operator made, by the experiment whose step made them ('' for the "
+            "operator's own: watches, leader election)",
+            (*labels, "verb", "resource"),
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "nas_operator_leader",
+            "1 while this replica is the active operator, 0 while it stands by",
+            registry=self.registry,
+        )
+        self.live = _LiveCollector()
+        self.registry.register(self.live)
         for phase in PHASES:  # a zero is a value: dashboards show 0, not "no data"
             self.experiments.labels(phase=phase).set(0)
 
@@ -201,6 +227,50 @@ class Telemetry:
         for phase in PHASES:
             self.experiments.labels(phase=phase).set(sum(1 for p in self._phases.values() if p == phase))
 
-    def serve(self, port: int, address: str) -> None:
-        """Serve /metrics on a daemon thread (Kopf's own health endpoint is a different port)."""
-        start_http_server(port, addr=address, registry=self.registry)
+    def count_request(self, verb: str, resource: str, namespace: str, experiment: str) -> None:
+        self.api_requests.labels(namespace=namespace, experiment=experiment, verb=verb, resource=resource).inc()
+
+    def serve(self, port: int, address: str, health: Callable[[], tuple[bool, str]] | None = None) -> None:
+        """Serve /metrics, and /healthz from `health`, on daemon threads.
+
+        The operator's own endpoint, not Kopf's: Kopf starts its liveness endpoint only once its startup handlers
+        are done, and a standby replica waits in one for the leader's Lease, so it needs a probe that answers while
+        it waits. `health` checks the event loop's heartbeat (it never waits on a model fit or an API call).
+        """
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/healthz":
+                    ok, text = health() if health is not None else (True, "ok")
+                    self._send(200 if ok else 503, "text/plain; charset=utf-8", text.encode())
+                else:
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer((address, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="nas-metrics", daemon=True).start()
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time from the objects that hold them (the fit pool, the request counter, the cache)."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[GaugeMetricFamily]]] = []
+
+    def add(self, source: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        self.sources.append(source)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for source in list(self.sources):
+            yield from source()

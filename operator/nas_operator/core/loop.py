@@ -248,6 +248,44 @@ class ExperimentLoop:
             self._convergence = (key, check_convergence(self.spec, self.state, rule))
         return self._convergence[1]
 
+    def next_due(self, now: float, poll_seconds: float) -> float | None:
+        """Seconds until a decision that no event announces falls due; None when only events matter.
+
+        The operator steps an experiment when one of its Jobs or Pods changed, its spec changed or its engine has
+        output; this is the rest: a trial or time budget running out, a launch or generation retry, a pod that may
+        be stuck past the pending timeout (`backend.next_check`), and the early-stopping rule, which reads training
+        curves that change without any API event (every `poll_seconds` while trials run).
+        """
+        deadlines: list[float] = []
+        if self.state.stage == "full":
+            timeout = self._full_plan()["timeout"]
+            active = [t for t in self.state.full_trials.values() if t.status in ACTIVE]
+        elif self.finished:
+            return None
+        else:
+            timeout = parse_duration(self.spec.budget.trial_timeout) if self.spec.budget.trial_timeout else None
+            active = self.state.by_status(*ACTIVE)
+            if self.spec.budget.max_duration is not None:
+                deadlines.append(now + parse_duration(self.spec.budget.max_duration) - self.elapsed(now))
+            if self._generation_retry_at > now:
+                deadlines.append(self._generation_retry_at)
+            if self.spec.early_stopping is not None and self.state.count("running"):
+                deadlines.append(now + poll_seconds)
+            if any(t.handle.get("stop_pending") for t in self.state.by_status("earlyStopped")):
+                deadlines.append(now + poll_seconds)
+        check = getattr(self.backend, "next_check", None)
+        for trial in active:
+            if trial.status == "launching":
+                deadlines.append(float(trial.handle.get("retry_at", now)))
+                continue
+            if timeout is not None:
+                deadlines.append((trial.started_at or now) + float(timeout) + 0.5)
+            if check is not None and (seconds := check(trial)) is not None:
+                deadlines.append(now + seconds)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
     def interrupt(self, message: str = "interrupted by the user") -> None:
         """Stop now, keeping every trial resumable: running ones are killed and queued again."""
         full = [t for _, t in sorted(self.state.full_trials.items()) if t.status in ACTIVE]

@@ -19,10 +19,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from nas_operator.search.engine import Candidate, Engine
+from nas_operator.search.fit_pool import AbortEvent, FitSlotAborted
 
 log = logging.getLogger(__name__)
 
@@ -133,23 +135,64 @@ def _run_op(
         raise ValueError(op.kind)
 
 
-class ThreadedEngineWorker:
-    """Runs the engine on a daemon thread; the caller only posts and polls."""
+class EngineUnavailable(RuntimeError):
+    """The engine could not be built (a stored snapshot Ax cannot decode): the caller drops this worker and rebuilds."""
 
-    def __init__(self, engine: Engine, on_generation: Callable[[float, int], None] | None = None) -> None:
-        self.engine = engine
+
+class ThreadedEngineWorker:
+    """Runs the engine on a daemon thread; the caller only posts and polls.
+
+    `engine` may be a function that builds it: a restored experiment then decodes Ax's state on this thread, at its
+    first operation, not when the operator picks the experiment up, so a restart costs only the trial tables of the
+    experiments whose trials are all still running, and restores can be bounded (`restore_slot`). Operations posted
+    before that are applied after it, in order, exactly as on a built engine.
+
+    `fit_slot` is the operator's fit pool: every generation call waits for a slot, so fifty experiments wanting
+    candidates at once make a queue, not fifty model fits on two cores. `on_wake` tells the owner that output is
+    ready or that the wait for a slot began or ended (its status says "waiting for the model").
+    """
+
+    def __init__(
+        self,
+        engine: Engine | Callable[[], Engine],
+        on_generation: Callable[[float, int], None] | None = None,
+        *,
+        fit_slot: Callable[[threading.Event], AbstractContextManager[object]] | None = None,
+        restore_slot: Callable[[], AbstractContextManager[object]] | None = None,
+        on_wake: Callable[[], None] | None = None,
+    ) -> None:
+        built = hasattr(engine, "generate")  # an engine (or a test's stand-in), not a function that builds one
+        self._engine: Engine | None = engine if built else None  # type: ignore[assignment]
+        self._factory: Callable[[], Engine] | None = None if built else engine  # type: ignore[assignment]
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._lock = threading.Lock()
         self._output = WorkerOutput()
         self._requested = 0
+        self._waiting_for_slot = False
+        self._broken = ""
         self._on_generation = on_generation
+        self._fit_slot = fit_slot
+        self._restore_slot = restore_slot
+        self._on_wake = on_wake or (lambda: None)
+        self._closed = AbortEvent()  # a closed worker leaves the fit queue instead of fitting for nobody
         self._thread = threading.Thread(target=self._run, name="nas-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine; building it here (in the caller's thread) when no operation has needed it yet."""
+        return self._built()
 
     @property
     def generating(self) -> int:
         with self._lock:
             return self._requested
+
+    @property
+    def waiting_for_slot(self) -> bool:
+        """Candidates are wanted and the fit pool has not granted a slot yet."""
+        with self._lock:
+            return self._waiting_for_slot
 
     def complete(self, index: int, metrics: Mapping[str, float]) -> None:
         self._queue.put(_Op("complete", index, metrics=dict(metrics)))
@@ -170,21 +213,31 @@ class ThreadedEngineWorker:
 
     def poll(self) -> WorkerOutput:
         with self._lock:
+            if self._broken:
+                raise EngineUnavailable(self._broken)
             output, self._output = self._output, WorkerOutput()
         return output
 
     def close(self) -> None:
+        self._closed.set()
         self._queue.put(None)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def _built(self) -> Engine:
+        if self._engine is None:
+            assert self._factory is not None
+            with self._restore_slot() if self._restore_slot is not None else nullcontext():
+                self._engine = self._factory()
+            self._factory = None
+        return self._engine
 
     def _run(self) -> None:
         while True:
             op = self._queue.get()
             if op is None:
                 return
-            local = WorkerOutput()
             ops = [op]
             # Apply every result already waiting before generating: the batch sees the newest data.
             while True:
@@ -197,13 +250,27 @@ class ThreadedEngineWorker:
                     break
                 ops.append(nxt)
             ops.sort(key=lambda o: o.kind == "generate")
+            try:
+                engine = self._built()
+            except Exception as exc:  # nothing is applied: the owner rebuilds from the store, which has it all
+                log.error("engine could not be built:\n%s", traceback.format_exc())
+                with self._lock:
+                    self._broken = f"the engine could not be restored: {type(exc).__name__}: {exc}"
+                self._on_wake()
+                return
+            local = WorkerOutput()
             for item in ops:
                 try:
-                    _run_op(self.engine, item, local, self._on_generation)
+                    if item.kind == "generate" and self._fit_slot is not None:
+                        self._generate_in_slot(engine, item, local)
+                    else:
+                        _run_op(engine, item, local, self._on_generation)
+                except FitSlotAborted:
+                    pass  # closed while queued: its owner is gone, and so is the request
                 except Exception as exc:
                     _record_failure(local, item, exc)
             try:
-                local.snapshot = self.engine.snapshot()
+                local.snapshot = engine.snapshot()
             except Exception as exc:  # keep the previous snapshot; the loop reports the error
                 local.errors.append(f"snapshot failed: {exc}")
             with self._lock:
@@ -216,6 +283,23 @@ class ThreadedEngineWorker:
                 self._output.generation_errors.extend(local.generation_errors)
                 if local.snapshot is not None:
                     self._output.snapshot = local.snapshot
+            if local.candidates or local.errors:
+                self._on_wake()
+
+    def _generate_in_slot(self, engine: Engine, op: _Op, output: WorkerOutput) -> None:
+        assert self._fit_slot is not None
+        with self._lock:
+            self._waiting_for_slot = True
+        self._on_wake()
+        try:
+            with self._fit_slot(self._closed):
+                with self._lock:
+                    self._waiting_for_slot = False
+                self._on_wake()
+                _run_op(engine, op, output, self._on_generation)
+        finally:
+            with self._lock:
+                self._waiting_for_slot = False
 
 
 EngineWorker = InlineEngineWorker | ThreadedEngineWorker
