@@ -1,6 +1,7 @@
 """NASExperiments for the operator's scale tests: two objectives, trials that only sleep and report (quick_trial.py).
 
-The image is a placeholder the test node agent ignores; the command is this checkout's Python and trial script.
+The parameters are u and v (not x and y: YAML 1.1, as kubectl reads it, takes y for true). The image is a
+placeholder the test node agent ignores; the command is this checkout's Python and trial script.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def quick_experiment(
         "metadata": {"name": name},
         "spec": {
             "parameters": [
-                {"name": "x", "type": "range", "valueType": "float", "lower": 0.0, "upper": 1.0},
-                {"name": "y", "type": "range", "valueType": "float", "lower": 0.0, "upper": 1.0},
+                {"name": "u", "type": "range", "valueType": "float", "lower": 0.0, "upper": 1.0},
+                {"name": "v", "type": "range", "valueType": "float", "lower": 0.0, "upper": 1.0},
             ],
             "objectives": [
                 {"metric": "val_acc", "goal": "maximize", "threshold": 0.4},
@@ -40,7 +41,7 @@ def quick_experiment(
             "trial": {
                 "image": "ghcr.io/nas-operator/quick-trial:test",
                 "command": [sys.executable, str(QUICK_TRIAL)],
-                "args": ["--x={x}", "--y={y}", f"--seconds={seconds:g}"],
+                "args": ["--x={u}", "--y={v}", f"--seconds={seconds:g}"],
                 "resources": {"cpu": "100m", "memory": "64Mi"},
             },
         },
