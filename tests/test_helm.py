@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nas_operator.cluster.leader import LeaseConfig
 from nas_operator.resource.policy import TrialPolicy
 from tests.k8s.cluster import ControlPlane, ensure_binaries, servicemonitor_crd
 
@@ -60,7 +61,18 @@ def custom_values(tmp_path: Path, namespaces: list[str], **extra: Any) -> Path:
         "image": {"repository": "registry.example.com/nas/operator", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
         "watch": {"namespaces": namespaces},
         "serviceAccount": {"annotations": {"example.com/role": "nas"}},
-        "operator": {"stepSeconds": 5, "maxWorkers": 4, "logLevel": "debug"},
+        "operator": {
+            "stepSeconds": 5,
+            "maxWorkers": 4,
+            "logLevel": "debug",
+            **{"fitWorkers": 3, "resyncSeconds": 30, "idleEvictSeconds": 120, "restoreConcurrency": 4},
+            **{"apiQps": 50, "apiBurst": 100},
+        },
+        "replicas": 2,
+        "leaderElection": {
+            **{"enabled": True, "leaseName": "nas-leader", "leaseSeconds": 20},
+            **{"renewDeadlineSeconds": 12.5, "retrySeconds": 1},
+        },
         "metricsVolume": {"claimName": "shared"},
         "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
         "grafanaDashboard": {"namespace": namespaces[0]},
@@ -93,7 +105,18 @@ def test_helm_lint_passes_with_default_and_custom_values(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("flag", "field"),
     [
-        ("replicas=2", "replicas"),
+        ("replicas=2,leaderElection.enabled=false", "replicas"),
+        ("replicas=11", "replicas"),
+        ("leaderElection.leaseSeconds=1.5", "leaseSeconds"),
+        ("leaderElection.retrySeconds=0", "retrySeconds"),
+        ("leaderElection.leaseName=Not_A_Name", "leaseName"),
+        ("operator.fitWorkers=some", "fitWorkers"),
+        ("operator.fitWorkers=0", "fitWorkers"),
+        ("operator.resyncSeconds=0", "resyncSeconds"),
+        ("operator.idleEvictSeconds=-1", "idleEvictSeconds"),
+        ("operator.restoreConcurrency=0", "restoreConcurrency"),
+        ("operator.apiQps=0", "apiQps"),
+        ("operator.apiBurst=0.5", "apiBurst"),
         ("operator.logLevel=loud", "logLevel"),
         ("watch.namespaces[0]=Not_A_Namespace", "namespaces"),
         ("metrics.port=0", "port"),
@@ -116,6 +139,7 @@ def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_pa
     assert kinds == sorted(
         [
             *("ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding"),
+            *("Role", "RoleBinding"),  # the leader-election Lease
             *("Service", "Deployment", "ConfigMap"),
         ]
     )
@@ -124,9 +148,15 @@ def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_pa
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/nas-operator/operator:0.1.0"  # the chart's appVersion
     assert "--all-namespaces" in container["args"] and "--standalone" in container["args"]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # leader election is on: the new pod stands by until the old one releases the Lease
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    # the operator's own /healthz on the metrics port, which a standby answers too (Kopf runs on the leader only)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert {"name": "http-metrics", "containerPort": 8080} in container["ports"]
     health = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
     assert f"--liveness=http://0.0.0.0:{health}/healthz" in container["args"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -137,6 +167,7 @@ def test_default_render_is_cluster_wide_with_probes_and_a_locked_down_pod(tmp_pa
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["nas-operator.json"])["uid"] == "nas-operator"
     assert not by_kind(documents, "ServiceMonitor")
+    assert not by_kind(documents, "PodDisruptionBudget")  # one replica: nothing to keep available
 
 
 def _env(documents: list[dict[str, Any]]) -> dict[str, str]:
@@ -181,10 +212,103 @@ def test_the_trial_policy_values_reach_the_operator_as_its_environment(tmp_path:
     assert result.stdout.split() == [custom["NAS_MAX_WORKERS"], "12.0", "True"]
 
 
+def _downward(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (deployment,) = by_kind(documents, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item["valueFrom"] for item in container["env"] if "valueFrom" in item}
+
+
+def test_the_operator_settings_reach_the_operator_as_its_environment(tmp_path: Path) -> None:
+    names = ("NAS_FIT_WORKERS", "NAS_RESYNC_SECONDS", "NAS_IDLE_EVICT_SECONDS")
+    names += ("NAS_RESTORE_CONCURRENCY", "NAS_API_QPS", "NAS_API_BURST", "NAS_STEP_SECONDS", "NAS_MAX_WORKERS")
+    defaults = render(tmp_path)
+    assert [_env(defaults)[name] for name in names] == ["", "60", "600", "2", "20", "40", "2", "8"]
+    # an empty fitWorkers means the CPU limit, which the pod always gets, in whole CPUs
+    cpu = {"resourceFieldRef": {"containerName": "operator", "resource": "limits.cpu", "divisor": "1"}}
+    assert _downward(defaults)["NAS_CPU_LIMIT"] == cpu
+    custom = _env(render(tmp_path, "-f", str(custom_values(tmp_path, ["team-a"]))))
+    assert [custom[name] for name in names] == ["3", "30", "120", "4", "50", "100", "5", "4"]
+
+
+def test_leader_election_values_reach_the_operator_and_its_rbac(tmp_path: Path) -> None:
+    """The chart's defaults are the elector's defaults, and the downward API fills in where and who."""
+    documents = render(tmp_path, "--namespace", "ops")
+    env = _env(documents)
+    downward = _downward(documents)
+    assert downward["NAS_LEADER_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert downward["NAS_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    pod = {**env, "NAS_LEADER_LEASE_NAMESPACE": "ops", "NAS_POD_NAME": "nas-operator-5f7c9-abcde"}
+    expected = LeaseConfig(namespace="ops", identity="nas-operator-5f7c9-abcde")  # the elector's defaults
+    assert LeaseConfig.from_env(pod) == expected and expected.name == RELEASE  # the release's full name
+
+    (role,) = by_kind(documents, "Role")
+    (binding,) = by_kind(documents, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ops"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": "ops"}]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [RELEASE],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+    values = custom_values(tmp_path, ["team-a"])
+    custom = render(tmp_path, "--namespace", "ops", "-f", str(values))
+    pod = {**_env(custom), "NAS_LEADER_LEASE_NAMESPACE": "ops", "NAS_POD_NAME": "p"}
+    assert LeaseConfig.from_env(pod) == LeaseConfig(
+        name="nas-leader", namespace="ops", identity="p", lease_seconds=20, renew_deadline_seconds=12.5, retry_seconds=1
+    )
+    (lease_role,) = [role for role in by_kind(custom, "Role") if role["metadata"]["namespace"] == "ops"]
+    assert lease_role["rules"][1]["resourceNames"] == ["nas-leader"]
+    # two replicas: a PodDisruptionBudget keeps one (the leader or its standby) through a drain
+    (budget,) = by_kind(custom, "PodDisruptionBudget")
+    (deployment,) = by_kind(custom, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+    # off: no Lease, no RBAC for one, no standby, and Recreate so that two operators never overlap
+    off = render(tmp_path, "--namespace", "ops", "--set", "leaderElection.enabled=false")
+    assert not by_kind(off, "Role") and not by_kind(off, "PodDisruptionBudget")
+    (deployment,) = by_kind(off, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert LeaseConfig.from_env(_env(off)) is None and "NAS_POD_NAME" not in _downward(off)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["replicas=2", "leaderElection.enabled=false"], "replicas > 1 needs leaderElection.enabled"),
+        (
+            ["leaderElection.renewDeadlineSeconds=15"],
+            "renewDeadlineSeconds must be less than leaderElection.leaseSeconds",
+        ),
+        (["leaderElection.retrySeconds=10"], "retrySeconds must be less than leaderElection.renewDeadlineSeconds"),
+    ],
+)
+def test_the_chart_refuses_leader_election_settings_that_could_overlap_two_leaders(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    """What the schema cannot say (one value against another) the templates refuse, schema or not."""
+    for schema in ([], ["--skip-schema-validation"]):
+        sets = [arg for flag in flags for arg in ("--set", flag)]
+        result = helm("template", RELEASE, str(CHART), *schema, *sets, tmp_path=tmp_path, check=False)
+        assert result.returncode != 0, result.stdout[-2000:]
+        if schema or "replicas" not in message:
+            assert message in result.stderr, result.stderr
+        else:
+            assert "replicas" in result.stderr, result.stderr  # the schema says it first
+
+
 def test_custom_render_limits_rbac_to_the_listed_namespaces(tmp_path: Path) -> None:
     documents = render(tmp_path, "-f", str(custom_values(tmp_path, ["team-a", "team-b"])))
-    roles = by_kind(documents, "Role")
+    roles = [role for role in by_kind(documents, "Role") if role["metadata"]["name"] == RELEASE]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    (lease_role,) = [role for role in by_kind(documents, "Role") if role["metadata"]["name"] != RELEASE]
+    assert lease_role["metadata"]["namespace"] == "default"  # the release's, not a watched one
     cluster_rules = [rule for role in by_kind(documents, "ClusterRole") for rule in role["rules"]]
     assert all(rule["verbs"] == ["list", "watch"] for rule in cluster_rules), cluster_rules  # read-only discovery
     assert {resource for rule in cluster_rules for resource in rule["resources"]} == {
@@ -194,6 +318,8 @@ def test_custom_render_limits_rbac_to_the_listed_namespaces(tmp_path: Path) -> N
     (deployment,) = by_kind(documents, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
+    assert _env(documents)["NAS_WATCH_NAMESPACES"] == "team-a,team-b"  # the operator's own watches follow Kopf's
+    assert _env(render(tmp_path))["NAS_WATCH_NAMESPACES"] == ""  # every namespace
     assert "--debug" in container["args"] and "--liveness=http://0.0.0.0:9443/healthz" in container["args"]
     assert {"name": "health", "containerPort": 9443} in container["ports"]
     assert container["image"] == "registry.example.com/nas/operator:0.1.0-rc1"
@@ -258,14 +384,24 @@ def _sample(exposition: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def _operator_command(deployment: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def _operator_command(deployment: dict[str, Any], pod_name: str) -> tuple[list[str], dict[str, str]]:
     """What the pod would run: the image's entrypoint, the Deployment's args (minus the liveness address: the
-    test process gets a free loopback port) and env."""
+    test process gets a free loopback port) and env, with the downward API's values filled in as the kubelet
+    would for a pod of that name in the Deployment's namespace."""
     image = entrypoint(DOCKERFILES["operator"], with_cmd=False)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = [arg for arg in container["args"] if not arg.startswith("--liveness=")]
     assert len(args) == len(container["args"]) - 1
-    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    fields = {"metadata.namespace": deployment["metadata"]["namespace"], "metadata.name": pod_name}
+    env = {}
+    for item in container.get("env", []):
+        source = item.get("valueFrom", {})
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "fieldRef" in source:
+            env[item["name"]] = fields[source["fieldRef"]["fieldPath"]]
+        elif source.get("resourceFieldRef", {}).get("resource") == "limits.cpu":
+            env[item["name"]] = str(os.cpu_count() or 1)  # no CPU limit: the node's CPUs
     return [str(VENV_BIN / "kopf"), *image[1:], *args], env
 
 
@@ -286,8 +422,9 @@ def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
         deployment = json.loads(
             cluster.kubectl("get", "deployment", RELEASE, "-n", operator_namespace, "-o", "json").stdout
         )
-        command, chart_env = _operator_command(deployment)
+        command, chart_env = _operator_command(deployment, f"{RELEASE}-7d9c5-x2x4q")
         assert f"--namespace={namespace}" in command and "--standalone" in command
+        assert chart_env["NAS_LEADER_LEASE_NAMESPACE"] == operator_namespace
         token = cluster.token_for(operator_namespace, RELEASE)
         service_account = cluster.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
         operator = OperatorProcess(
@@ -314,6 +451,10 @@ def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
             ("delete", "nasexperiments.nas.operator.dev", namespace),
             ("create", "nasexperiments.nas.operator.dev", namespace),
             ("create", "customresourcedefinitions", "default"),
+            ("create", "leases.coordination.k8s.io", namespace),  # its Lease is in its own namespace only
+            ("delete", "leases.coordination.k8s.io", operator_namespace),
+            ("list", "leases.coordination.k8s.io", operator_namespace),
+            ("update", f"leases.coordination.k8s.io/{RELEASE}-other", operator_namespace),
         ):
             answer = cluster.kubectl(
                 "auth", "can-i", verb, resource, "-n", where, kubeconfig=service_account, check=False
@@ -331,6 +472,15 @@ def test_the_installed_chart_runs_an_experiment_under_its_own_service_account(
             ("list", "events"),  # a Job's FailedCreate Events say why a stuck trial has no pod
         ):
             answer = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, kubeconfig=service_account)
+            assert answer.stdout.strip() == "yes", (verb, resource)
+        for verb, resource in (  # leader election, in the release namespace
+            ("create", "leases.coordination.k8s.io"),
+            ("get", f"leases.coordination.k8s.io/{RELEASE}"),
+            ("update", f"leases.coordination.k8s.io/{RELEASE}"),
+        ):
+            answer = cluster.kubectl(
+                "auth", "can-i", verb, resource, "-n", operator_namespace, kubeconfig=service_account
+            )
             assert answer.stdout.strip() == "yes", (verb, resource)
     finally:
         helm("uninstall", RELEASE, "--namespace", operator_namespace, tmp_path=tmp_path, kubeconfig=cluster.kubeconfig)

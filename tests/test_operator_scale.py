@@ -38,8 +38,11 @@ def _experiments(cluster: ControlPlane, namespace: str) -> dict[str, dict[str, A
 def _wait(predicate: Any, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        try:
+            if predicate():
+                return
+        except OSError:  # the operator's endpoint is not up yet
+            pass
         time.sleep(1)
     tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")

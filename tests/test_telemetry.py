@@ -12,8 +12,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nas_operator.cluster.operator_metrics import live_metrics
 from nas_operator.cluster.telemetry import Telemetry
 from nas_operator.resource.spec import FullTrainingStatus, NASExperimentStatus, TrialCounts
+from nas_operator.search.fit_pool import FitPool
 
 from .conftest import ROOT
 
@@ -52,6 +54,9 @@ def _status(phase: str, succeeded: int, running: int, hypervolume: float | None)
     )
 
 
+HELD: list[object] = []
+
+
 def exercised() -> Telemetry:
     """A registry holding every series the operator produces for two experiments."""
     telemetry = Telemetry()
@@ -69,6 +74,19 @@ def exercised() -> Telemetry:
     telemetry.observe_generation("team-a", "mlp", 12.5)
     telemetry.observe_step("team-a", "mlp", 0.05)
     telemetry.count_error("team-a", "mlp")
+    for verb, resource, experiment in (
+        ("get", "jobs", "mlp"),
+        ("patch", "nasexperiments", "mlp"),
+        ("watch", "pods", ""),
+    ):
+        telemetry.count_request(verb, resource, "team-a", experiment)
+    telemetry.fit_wait.labels(namespace="team-a").observe(1.5)
+    telemetry.leader.set(1)
+    pool = FitPool(2)
+    held = pool.slot("team-a", "mlp")  # one fit running: the pool's gauges have a namespace to report
+    held.__enter__()
+    HELD.append(held)  # a slot whose context is collected is released
+    telemetry.live.add(live_metrics(pool, telemetry.requests, {}, lambda: None))
     return telemetry
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import kopf
 
-from nas_operator.cluster.api_requests import RateLimiter, RequestCounter, attributed_to, instrument
+from nas_operator.cluster.api_requests import RateLimiter, attributed_to, instrument
 from nas_operator.cluster.controller import ExperimentController, StepTiming
 from nas_operator.cluster.leader import LeaderElector, LeaseConfig
 from nas_operator.cluster.operator_metrics import live_metrics
@@ -57,7 +57,6 @@ POLICY = TrialPolicy.from_env()
 TIMING = StepTiming.from_env()
 STEPS = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="nas-step")
 TELEMETRY = Telemetry()
-REQUESTS = RequestCounter()
 FIT_POOL = FitPool(
     default_fit_slots(),
     on_granted=lambda namespace, _, waited: TELEMETRY.fit_wait.labels(namespace=namespace).observe(waited),
@@ -87,6 +86,8 @@ class _Operator:
         age = time.monotonic() - self.heartbeat
         if age > HEARTBEAT_STALE_SECONDS:
             return False, f"the event loop has not run for {age:.0f}s"
+        if self.elector is not None and not self.elector.healthy():
+            return False, f"leader election has stopped trying ({self.elector.last_error})"
         if self.elector is not None and not self.elector.is_leader:
             return True, f"standby; the Lease is held by {self.elector.holder or 'nobody yet'}"
         return True, "ok"
@@ -97,8 +98,12 @@ OPERATOR = _Operator()
 
 def _api_client() -> Any:
     """One client for every request of ours: rate-limited, with each request counted for the experiment making it."""
-    if OPERATOR.api_client is not None:
-        return OPERATOR.api_client
+    if OPERATOR.api_client is None:
+        OPERATOR.api_client = instrument(_new_client(), RateLimiter.from_env(), TELEMETRY.count_request)
+    return OPERATOR.api_client
+
+
+def _new_client() -> Any:
     from kubernetes import client, config
 
     loader: Any = config  # untyped in the client's stubs
@@ -107,15 +112,9 @@ def _api_client() -> Any:
     except config.ConfigException:
         loader.load_kube_config()
     api_client = client.ApiClient()
-    # The client's connection pool must hold the step threads, the watch threads and the lease renewer at once.
+    # The client's connection pool must hold the step threads and the watch threads at once.
     api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = MAX_WORKERS + 8
-
-    def counted(verb: str, resource: str, namespace: str, experiment: str) -> None:
-        REQUESTS.record(verb, resource, namespace, experiment)
-        TELEMETRY.count_request(verb, resource, namespace, experiment)
-
-    OPERATOR.api_client = instrument(api_client, RateLimiter.from_env(), counted)
-    return OPERATOR.api_client
+    return api_client
 
 
 def _controller(namespace: str, name: str, uid: str) -> ExperimentController:
@@ -179,6 +178,13 @@ def _patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
             raise
 
 
+class _QuietObserver(logging.Filter):
+    """Drop Kopf's "Handler 'observe' succeeded." line: it would be logged for every watch event of every experiment."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Handler 'observe'")
+
+
 async def _heartbeat() -> None:
     while True:
         OPERATOR.heartbeat = time.monotonic()
@@ -201,18 +207,28 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = MAX_WORKERS
+    logging.getLogger("kopf.objects").addFilter(_QuietObserver())
     OPERATOR.loop = asyncio.get_running_loop()
     OPERATOR.heartbeat = time.monotonic()
     asyncio.get_running_loop().create_task(_heartbeat())
-    TELEMETRY.live.add(live_metrics(FIT_POOL, REQUESTS, OPERATOR.controllers, lambda: OPERATOR.objects))
+    TELEMETRY.live.add(live_metrics(FIT_POOL, TELEMETRY.requests, OPERATOR.controllers, lambda: OPERATOR.objects))
     port = int(os.environ.get("NAS_METRICS_PORT", "8080"))
     if port:  # 0 turns the endpoint off
         TELEMETRY.serve(port, os.environ.get("NAS_METRICS_ADDRESS", "0.0.0.0"), OPERATOR.health)
     lease = LeaseConfig.from_env()
     if lease is not None:
-        OPERATOR.elector = elector = LeaderElector(_api_client(), lease, on_lost=_lost_leadership)
+        # Its own client, counted but never rate-limited: a renewal must not queue behind a burst of steps (a
+        # leader that misses its renew deadline exits), as controller-runtime gives leader election its own client.
+        elector_client = instrument(_new_client(), RateLimiter(0, 1), TELEMETRY.count_request)
+        OPERATOR.elector = elector = LeaderElector(elector_client, lease, on_lost=_lost_leadership)
         log.info("waiting for the Lease %s/%s as %s", lease.namespace, lease.name, lease.identity)
-        await asyncio.to_thread(elector.wait_until_leader)
+        stop = threading.Event()
+        try:
+            if not await asyncio.to_thread(elector.wait_until_leader, stop):
+                return
+        except asyncio.CancelledError:  # shut down while standing by: let the waiting thread end too
+            stop.set()
+            raise
         elector.start_renewing()
         log.info("this replica leads (Lease %s/%s)", lease.namespace, lease.name)
     TELEMETRY.leader.set(1)

@@ -30,15 +30,18 @@ def live_metrics(
     controllers: Mapping[tuple[str, str], _Controller],
     objects: Callable[[], _Objects | None],
 ) -> Callable[[], Iterable[GaugeMetricFamily]]:
+    namespaces: set[str] = set()  # every namespace that used the pool: its 0 is a value, not "no data"
+
     def collect() -> Iterable[GaugeMetricFamily]:
         stats = pool.stats()
+        namespaces.update(stats.waiting_per_namespace, stats.running_per_namespace)
         yield GaugeMetricFamily("nas_fit_slots", "Model fits the operator runs at once", value=stats.slots)
         yield GaugeMetricFamily("nas_fit_running", "Model fits running now", value=stats.running)
         waiting = GaugeMetricFamily(
             "nas_fit_waiting", "Requests for candidates waiting for a fit slot, by namespace", labels=["namespace"]
         )
-        for namespace, count in sorted(stats.waiting_per_namespace.items()):
-            waiting.add_metric([namespace], count)
+        for namespace in sorted(namespaces):
+            waiting.add_metric([namespace], stats.waiting_per_namespace.get(namespace, 0))
         yield waiting
         per_minute = GaugeMetricFamily(
             "nas_api_requests_per_minute",

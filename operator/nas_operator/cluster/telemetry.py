@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nas_operator.cluster.api_requests import RequestCounter
 from nas_operator.resource.spec import NASExperimentStatus
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
@@ -39,6 +40,8 @@ class Telemetry:
         self._lock = threading.Lock()
         self._phases: dict[Key, str] = {}
         self._taus: set[tuple[str, str, str]] = set()  # (namespace, experiment, metric) series to drop on forget
+        self._requests: set[tuple[str, str, str, str]] = set()  # (namespace, experiment, verb, resource) series
+        self.requests = RequestCounter()
         labels = ("namespace", "experiment")
         self.experiments = Gauge(
             "nas_experiments", "NASExperiments this operator reconciles, by phase", ("phase",), registry=self.registry
@@ -197,6 +200,12 @@ class Telemetry:
             self._publish_phases()
             objectives = [key[2] for key in self._taus if key[:2] == (namespace, name)]
             self._taus -= {(namespace, name, objective) for objective in objectives}
+            self.requests.forget(namespace, name)
+            requests = [key for key in self._requests if key[:2] == (namespace, name)]
+            self._requests -= set(requests)
+        for key in requests:
+            with contextlib.suppress(KeyError):
+                self.api_requests.remove(*key)
         for objective in objectives:
             with contextlib.suppress(KeyError):
                 self.rank_correlation.remove(namespace, name, objective)
@@ -228,7 +237,12 @@ class Telemetry:
             self.experiments.labels(phase=phase).set(sum(1 for p in self._phases.values() if p == phase))
 
     def count_request(self, verb: str, resource: str, namespace: str, experiment: str) -> None:
+        """One Kubernetes API request of ours (the rate-limited client's callback): a counter, and the last minute."""
+        self.requests.record(verb, resource, namespace, experiment)
         self.api_requests.labels(namespace=namespace, experiment=experiment, verb=verb, resource=resource).inc()
+        if experiment:
+            with self._lock:
+                self._requests.add((namespace, experiment, verb, resource))
 
     def serve(self, port: int, address: str, health: Callable[[], tuple[bool, str]] | None = None) -> None:
         """Serve /metrics, and /healthz from `health`, on daemon threads.

@@ -164,8 +164,10 @@ class TrialObjects:
                         watcher.stop()
                         break
                     obj = event["object"]
-                    if event["type"] != "BOOKMARK":
-                        self._apply(kind, event["type"], obj)
+                    if event["type"] == "BOOKMARK":  # the client leaves a bookmark's object a plain dict
+                        version = watcher.resource_version or version
+                        continue
+                    self._apply(kind, event["type"], obj)
                     version = obj.metadata.resource_version or version
                 failures = 0
                 self._prune(kind)

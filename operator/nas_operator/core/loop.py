@@ -185,6 +185,7 @@ class ExperimentLoop:
         self.generation_failures = 0  # consecutive generation calls that raised
         self._generation_error = ""
         self._generation_retry_at = 0.0
+        self._starved_at: int | None = None  # results seen when a generation last proposed nothing
         self._dirty = False
         self._concluded = False
         self._stopper: TrialStopper | None = None
@@ -322,6 +323,10 @@ class ExperimentLoop:
             self._generation_retry_at = now + min(backoff, GENERATION_RETRY_MAX_SECONDS)
         elif output.candidates:
             self.generation_failures, self._generation_error, self._generation_retry_at = 0, "", 0.0
+        if output.candidates:
+            self._starved_at = None
+        elif output.empty_generations:
+            self._starved_at = self._results_seen()
         if output.snapshot is not None:
             self.engine_snapshot = output.snapshot
             changed = True
@@ -543,9 +548,14 @@ class ExperimentLoop:
             excess -= 1
         return True
 
+    def _results_seen(self) -> int:
+        return len(self.state.trials) - self.state.count(*ACTIVE, "queued")
+
     def _request_candidates(self, now: float) -> None:
         if self.worker.generating or now < self._generation_retry_at:
             return
+        if self._starved_at is not None and self._starved_at == self._results_seen():
+            return  # the engine proposed nothing with these results (its model needs more): wait for the next one
         queued = self.state.count("queued")
         remaining = self.spec.budget.max_trials - self.state.launched - queued
         free = self.spec.budget.parallelism - self.state.count(*ACTIVE)

@@ -40,6 +40,8 @@ class WorkerOutput:
     # Generation calls that raised, apart from `errors`: the loop backs off and says so in the status (a model that
     # cannot propose anything leaves the experiment waiting, which the user must be able to see and fix).
     generation_errors: list[str] = field(default_factory=list)
+    # Generation calls that proposed nothing (the model needs data the running trials have not given yet).
+    empty_generations: int = 0
 
 
 @dataclass
@@ -128,6 +130,7 @@ def _run_op(
         candidates = engine.generate(op.count)
         seconds = time.perf_counter() - start
         output.candidates.extend(candidates)
+        output.empty_generations += not candidates
         output.generation_seconds.append(seconds)
         if on_generation is not None:
             on_generation(seconds, len(candidates))
@@ -281,6 +284,7 @@ class ThreadedEngineWorker:
                 self._output.generation_seconds.extend(local.generation_seconds)
                 self._output.errors.extend(local.errors)
                 self._output.generation_errors.extend(local.generation_errors)
+                self._output.empty_generations += local.empty_generations
                 if local.snapshot is not None:
                     self._output.snapshot = local.snapshot
             if local.candidates or local.errors:
