@@ -77,7 +77,7 @@ spec:
 
 def test_a_structural_crd_is_enforced_by_the_api_server(cluster: ControlPlane, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.test.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("widgets.test.nas.operator.dev")
     good = "apiVersion: test.nas.operator.dev/v1\nkind: Widget\nmetadata: {name: ok}\nspec: {size: 3}\n"
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=good)
     bad = good.replace("name: ok", "name: bad").replace("size: 3", "size: 0")
@@ -88,7 +88,7 @@ def test_a_structural_crd_is_enforced_by_the_api_server(cluster: ControlPlane, n
 
 def test_the_nasexperiment_crd_is_accepted_and_validates(cluster: ControlPlane, namespace: str) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "nas.operator.dev_nasexperiments.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
     for example in sorted(EXAMPLES.glob("*.yaml")):
         cluster.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", str(example))
     document = yaml.safe_load((EXAMPLES / "digits-mlp.yaml").read_text())

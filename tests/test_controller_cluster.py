@@ -30,7 +30,7 @@ POLICY = TrialPolicy(pending_timeout_seconds=60)
 
 def _create(cluster: ControlPlane, namespace: str, document: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(document))
     obj = json.loads(cluster.kubectl("get", "nasx", document["metadata"]["name"], "-n", namespace, "-o", "json").stdout)
     return obj["spec"], obj["metadata"]["uid"], int(obj["metadata"]["generation"])

@@ -69,7 +69,7 @@ def test_the_page_shows_what_a_one_namespace_kubeconfig_may_read(
     from selenium.webdriver.common.by import By
 
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
     other = f"{namespace}-other"
     cluster.kubectl("create", "namespace", other)
     try:

@@ -67,11 +67,10 @@ def test_pending_trials_are_not_proposed_again() -> None:
     assert len(points) == 6
 
 
-_TABLE: dict[int, dict[int, TrialOutcome]] = {}  # per engine (by id): the trial table a loop would have kept
-
-
 def _table(engine: Engine) -> dict[int, TrialOutcome]:
-    return _TABLE.setdefault(id(engine), {})
+    """The trial table the test keeps beside an engine (on the engine itself: an id() is reused once it is freed)."""
+    table: dict[int, TrialOutcome] = engine.__dict__.setdefault("_test_table", {})
+    return table
 
 
 def _generate(engine: Engine, size: int) -> list[Candidate]:

@@ -343,7 +343,7 @@ def test_rendered_manifests_pass_the_api_servers_validation(
     cluster: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(servicemonitor_crd()))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    cluster.wait_established("servicemonitors.monitoring.coreos.com")
     second = f"{namespace}-b"
     cluster.kubectl("create", "namespace", second)
     try:
@@ -366,7 +366,7 @@ def test_rendered_manifests_pass_the_api_servers_validation(
 def test_every_example_applies_server_side(cluster: ControlPlane, namespace: str) -> None:
     """GitOps tools apply manifests server-side: the examples must pass the CRD's schema and CEL rules."""
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
     examples = sorted((ROOT / "examples").glob("*.yaml"))
     assert len(examples) >= 2
     for example in examples:

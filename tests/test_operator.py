@@ -101,7 +101,7 @@ class OperatorProcess:
 @pytest.fixture
 def operator_process(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
     logs = tmp_path / "logs"
     logs.mkdir()
     second = f"{namespace}-b"

@@ -64,7 +64,7 @@ def _sample(text: str, name: str, labels: dict[str, str] | None = None) -> list[
 @pytest.fixture
 def crd(cluster: ControlPlane) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
 
 
 @pytest.fixture

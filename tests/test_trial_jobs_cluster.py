@@ -50,7 +50,7 @@ def _api(cluster: ControlPlane) -> Any:
 
 def _crd(cluster: ControlPlane) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/nasexperiments.nas.operator.dev", "--timeout=30s")
+    cluster.wait_established("nasexperiments.nas.operator.dev")
 
 
 def _experiment(cluster: ControlPlane, namespace: str, document: dict[str, Any]) -> str:

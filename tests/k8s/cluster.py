@@ -242,6 +242,19 @@ class ControlPlane:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
+    def wait_established(self, crd: str, timeout: float = 60.0) -> None:
+        """Wait for a CRD's Established condition.
+
+        Not `kubectl wait`: right after a create, the CRD may have no conditions yet, and `kubectl wait` then fails
+        at once ("status.conditions accessor error") instead of waiting.
+        """
+        deadline = time.monotonic() + timeout
+        query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        while self.kubectl("get", f"crd/{crd}", "-o", query, check=False).stdout.strip() != "True":
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRD {crd} not Established after {timeout:g}s")
+            time.sleep(0.2)
+
     def token_for(self, namespace: str, service_account: str, duration: str = "2h") -> str:
         """A bound token for a ServiceAccount (the TokenRequest API, as a pod would get)."""
         return self.kubectl(

@@ -265,6 +265,10 @@ def _subset_baseline_acquisition() -> type:
     return SubsetBaselineAcquisition
 
 
+# Ax's initialization nodes (the center point, Sobol): generation without a model.
+INITIALIZATION_NODES = frozenset({"CenterOfSearchSpace", "Sobol"})
+
+
 def _configure_model_node(client: Any, spec: NASExperimentSpec, settings: ModelSettings) -> None:
     """Apply `settings` to the generation strategy's model node (Ax's "MBM" node: a GP per outcome, qLogNEHVI).
 
@@ -551,14 +555,26 @@ class Engine:
         from ax.exceptions.core import DataRequiredError
         from ax.exceptions.generation_strategy import MaxParallelismReachedException
 
+        strategy = self._client._generation_strategy
+        proposed: dict[int, Any] = {}
         with _quiet_ax():
-            try:
-                proposed = self._client.get_next_trials(max_trials=count)
-            except (DataRequiredError, MaxParallelismReachedException) as exc:
-                log.info("no candidate now: %s", exc)
-                return []
-            except ImportError as exc:  # Ax imports a model's packages only when it first fits that model
-                raise GenerationError(_missing_package_message(self.spec, exc)) from exc
+            while len(proposed) < count:
+                # Ax generates a batch across a node transition and, if the next node cannot generate yet (a model
+                # without data), raises and loses what the first node made while still moving on to the next: with
+                # initialTrials 1, the center point was lost and the search never started. So initialization
+                # nodes (cheap) are asked one candidate at a time; the model node gets the rest as one batch.
+                initializing = strategy._curr.name in INITIALIZATION_NODES
+                wanted = 1 if initializing else count - len(proposed)
+                try:
+                    batch = self._client.get_next_trials(max_trials=wanted)
+                except (DataRequiredError, MaxParallelismReachedException) as exc:
+                    log.info("no %scandidate now: %s", "further " if proposed else "", exc)
+                    break
+                except ImportError as exc:  # Ax imports a model's packages only when it first fits that model
+                    raise GenerationError(_missing_package_message(self.spec, exc)) from exc
+                if not batch:
+                    break
+                proposed.update(batch)
             trials = self._client._experiment.trials
         candidates = []
         for index, parameters in sorted(proposed.items()):
