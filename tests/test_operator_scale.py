@@ -119,11 +119,12 @@ def test_an_experiment_waiting_on_long_trials_makes_no_requests_and_a_finished_o
         time.sleep(3)  # the last status patch and Events of the steps that just ran
         labels = {"namespace": namespace, "experiment": "waiting"}
         before = sum(_sample(operator.scrape(), "nas_api_requests_total", labels))
-        window = 30.0
+        window = 45.0
         time.sleep(window)
         text = operator.scrape()
         after = sum(_sample(text, "nas_api_requests_total", labels))
         # Before: a Job GET per running trial per step (2 s), about 60 requests a minute for this experiment.
+        # The target is under 2 a minute: here at most one request in 45 s.
         assert (after - before) * 60 / window < 2, (before, after)
         short = sum(_sample(text, "nas_api_requests_total", {"namespace": namespace, "experiment": "short"}))
         time.sleep(5)

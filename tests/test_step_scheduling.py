@@ -16,7 +16,7 @@ from nas_operator.core.loop import ExperimentLoop
 from nas_operator.core.state import LoopState, spec_fingerprint
 from nas_operator.search.engine import Candidate
 from nas_operator.search.fit_pool import FitPool
-from nas_operator.search.worker import EngineUnavailable, InlineEngineWorker, ThreadedEngineWorker
+from nas_operator.search.worker import EngineUnavailable, InlineEngineWorker, ThreadedEngineWorker, WorkerOutput
 
 from .fakes import FakeBackend, FakeClock, FakeEngine, MemoryStore, Script
 from .test_loop import toy_spec
@@ -186,3 +186,72 @@ def test_generation_waits_for_a_fit_slot_and_a_closed_worker_leaves_the_queue() 
     worker.join(5)
     assert engine.generate_calls == []
     assert True in changes  # the owner was told it waits (its status says WaitingForModel)
+
+
+class _ManualWorker:
+    """Like ThreadedEngineWorker: a request stays in flight until `deliver` is called."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+        self.requests: list[int] = []
+        self.out = WorkerOutput()
+        self.next_index = 0
+
+    @property
+    def generating(self) -> int:
+        return self.requested
+
+    def complete(self, i: int, m: Any) -> None:
+        pass
+
+    def fail(self, i: int, r: str) -> None:
+        pass
+
+    def abandon(self, i: int) -> None:
+        pass
+
+    def early_stop(self, i: int, p: Any) -> None:
+        pass
+
+    def request(self, n: int) -> None:
+        self.requested += n
+        self.requests.append(n)
+
+    def deliver(self, n_candidates: int) -> None:
+        self.requested = 0
+        for _ in range(n_candidates):
+            self.out.candidates.append(Candidate(self.next_index, {"x": 0.1, "y": 0.5}, "Fake"))
+            self.next_index += 1
+        if not n_candidates:
+            self.out.empty_generations += 1
+
+    def poll(self) -> WorkerOutput:
+        o, self.out = self.out, WorkerOutput()
+        return o
+
+    def close(self) -> None:
+        pass
+
+
+def test_results_concluded_while_an_empty_generation_was_in_flight_are_not_lost() -> None:
+    """The request was posted before those results: its empty answer must not make the loop wait for more."""
+    spec = toy_spec(maxTrials=10, parallelism=2)
+    clock = FakeClock()
+    polls: dict[str, bool] = {}
+    backend = FakeBackend(lambda name: Script(polls=10**9 if not polls.get("done") else 1))
+    worker = _ManualWorker()
+    state = LoopState("toy", spec_fingerprint(spec))
+    loop = ExperimentLoop(spec, state, worker, backend, MemoryStore(), {}, clock=clock)  # type: ignore[arg-type]
+    loop.step()  # requests 4
+    worker.deliver(2)  # e.g. Sobol gives 2 ...
+    loop.step()
+    clock.advance(1)  # absorbs 2, launches 2 (running), requests more
+    assert worker.generating  # a request is in flight (waiting for a fit slot)
+    polls["done"] = True  # both running trials finish now
+    loop.step()
+    clock.advance(1)  # concludes both while the generation is still in flight
+    worker.deliver(0)  # Ax: DataRequired (it had not been told of the results yet) -> empty
+    for _ in range(5):
+        loop.step()
+        clock.advance(100)
+    assert worker.generating, "never asks again: stalled"

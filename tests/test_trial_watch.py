@@ -66,13 +66,16 @@ def test_a_trial_is_observed_from_the_watch_and_concluded_without_polling_reques
         assert woken.count(key) >= 1  # the experiment was woken by its own Job's creation
         before = sum(counter.totals().values())
         observation = backend.poll(trial)
+        polls = 1
         while observation.status == "running":
+            assert sum(counter.totals().values()) == before, counter.totals_by_resource()  # no request while it runs
             time.sleep(0.2)
             observation = backend.poll(trial)
+            polls += 1
         assert observation.status == "succeeded", observation
         assert observation.termination_message and "val_acc" in observation.termination_message
-        # Every poll while it ran, and the conclusion (its pods with their termination message), came from the cache.
-        assert sum(counter.totals().values()) == before, counter.totals_by_resource()
+        # The conclusion reads its pods from the cache too, unless the pod watch lags the Job watch: then one LIST.
+        assert polls > 3 and sum(counter.totals().values()) - before <= 1, counter.totals_by_resource()
         assert woken.count(key) >= 3  # created, its pod ran, it completed: each a reason to step
         assert backend.next_check(trial) is None  # ended: no timer needed
     finally:

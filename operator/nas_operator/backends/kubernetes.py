@@ -403,6 +403,8 @@ class KubernetesBackend:
 
         name = trial.handle.get("job", trial.name)
         job = self.objects.job(self.namespace, name) if self.objects is not None else None
+        if job is not None and not self._is_trials(job, trial):
+            job = None  # an older object of that name the watch has not dropped yet: the server decides
         if job is None:  # not watched, not synced, not seen yet (just created) or pruned: ask the API server
             try:
                 job = self.batch.read_namespaced_job(name, self.namespace, _request_timeout=self.request_timeout)
@@ -443,6 +445,11 @@ class KubernetesBackend:
             return Observation("failed", message=stuck)
         return Observation("running")
 
+    def _is_trials(self, job: Any, trial: TrialRecord) -> bool:
+        uid = trial.handle.get("uid")
+        owned = not self.experiment_uid or self.experiment_uid in _owner_uids(job)
+        return owned and (not uid or job.metadata.uid == uid)
+
     def next_check(self, trial: TrialRecord) -> float | None:
         """Seconds until the trial may pass the pending timeout, read from the watch cache (no request).
 
@@ -455,14 +462,15 @@ class KubernetesBackend:
         job = self.objects.job(self.namespace, name)
         if job is None:
             return UNSEEN_JOB_CHECK_SECONDS  # created a moment ago, or the watch is down: look (GET) again soon
-        if (job.status.ready or 0) > 0 or any(c.status == "True" for c in job.status.conditions or []):
+        if (job.status.ready or 0) > 0 or _ended(job):
             return None
         pods = self.objects.pods(self.namespace, job.metadata.uid) or []
         live = [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase != "Failed"]
         if any(p.status.phase in ("Running", "Succeeded") for p in live):
             return None
+        # The same anchors as _stuck(): every pod's creation counts, failed ones too (a pod-retry backoff).
         anchors = [trial.started_at, _epoch(job.metadata.creation_timestamp)]
-        anchors += [_epoch(p.metadata.creation_timestamp) for p in live]
+        anchors += [_epoch(p.metadata.creation_timestamp) for p in (live or pods)]
         since = max((a for a in anchors if a is not None), default=self.clock())
         return max(1.0, since + self.policy.pending_timeout_seconds + 1.0 - self.clock())
 
@@ -474,8 +482,7 @@ class KubernetesBackend:
         so an ended Job whose cached pods show no terminated container is listed from the API server.
         """
         cached = self.objects.pods(self.namespace, job.metadata.uid) if self.objects is not None else None
-        ended = any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
-        if cached is not None and (not ended or _last_terminated(cached) is not None):
+        if cached is not None and (not _ended(job) or _last_terminated(cached) is not None):
             pods = cached
         else:
             pods = self.core.list_namespaced_pod(
@@ -550,6 +557,10 @@ class KubernetesBackend:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _ended(job: Any) -> bool:
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
 
 
 def _name_of(owner_reference: dict[str, Any] | None) -> str:

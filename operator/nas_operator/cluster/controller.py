@@ -222,6 +222,8 @@ class ExperimentController:
         self.timing = timing or StepTiming()
         self.due_at: float | None = None  # monotonic time of the next decision no event announces
         self.evicted = False  # the loop was dropped while idle; trial events and due times bring it back
+        self.deleted = False
+        self._stepping = threading.Lock()  # a step and the finalizer's removal of the state never overlap
         self.last_active = time.monotonic()
 
     def step(
@@ -237,6 +239,21 @@ class ExperimentController:
         without reading its store); `woken` is False when the step only runs because a timer expired.
         """
         started = time.monotonic()
+        with self._stepping:
+            if self.deleted:  # the finalizer removed the state: a late step must not write it again
+                return (self.previous or NASExperimentStatus()).model_dump(
+                    mode="json", by_alias=True, exclude_none=True
+                )
+            return self._timed_step(spec_document, generation, stored_status, woken, started)
+
+    def _timed_step(
+        self,
+        spec_document: dict[str, Any],
+        generation: int | None,
+        stored_status: dict[str, Any] | None,
+        woken: bool,
+        started: float,
+    ) -> dict[str, Any]:
         if self.previous is None:
             self.previous = _stored_status(stored_status)
         try:
@@ -259,9 +276,11 @@ class ExperimentController:
         not: it holds no engine, and only an event (or a due time) loads it again.
         """
         now = time.monotonic()
+        if self.retry_at > now:  # backing off after failed steps: nothing else is acted on before then
+            return self.retry_at - now
         waits = []
-        if self.retry_at > now or (self.failures and self.loop is None):
-            waits.append(max(0.0, self.retry_at - now))
+        if self.failures and self.loop is None:
+            waits.append(0.0)
         if self.due_at is not None:
             waits.append(max(0.0, self.due_at - now))
         if self.loop is not None or self._unsettled():
@@ -271,7 +290,10 @@ class ExperimentController:
     def _unsettled(self) -> bool:
         """No loop, yet not at rest: a step that could not load it (a foreign state, an unreachable store)."""
         previous = self.previous
-        return not self.evicted and (previous is None or previous.phase not in TERMINAL_PHASES)
+        if self.evicted:
+            return False
+        # InvalidSpec may fix itself (a SQL Secret or a warm-start source applied after the experiment).
+        return previous is None or previous.phase not in TERMINAL_PHASES or previous.reason == "InvalidSpec"
 
     def _step(self, spec_document: dict[str, Any], generation: int | None, woken: bool) -> NASExperimentStatus:
         status = self._step_status(spec_document, generation, woken)
@@ -319,8 +341,9 @@ class ExperimentController:
             and (loop.spec.early_stopping is None or not loop.state.count("running"))
         ):
             log.info("%s/%s: idle for %.0fs, engine evicted to its store", self.namespace, self.name, idle)
+            due_at = self.due_at
             self._drop_loop()
-            self.evicted = True
+            self.evicted, self.due_at = True, due_at  # a trial timeout still falls due while it is out
 
     def _step_status(self, spec_document: dict[str, Any], generation: int | None, woken: bool) -> NASExperimentStatus:
         previous = self.previous
@@ -334,6 +357,7 @@ class ExperimentController:
                 )
         except SpecError as exc:
             self._drop_loop()
+            self._settled_failure()
             return failed_status("InvalidSpec", str(exc), generation, previous)
         if previous is not None and self._at_rest(generation, woken):
             return previous
@@ -344,12 +368,15 @@ class ExperimentController:
                 self.last_active = time.monotonic()
         except StateTooLarge as exc:
             self._drop_loop()
+            self._settled_failure()
             return failed_status("StateTooLarge", str(exc), generation, previous)
         except SpecError as exc:
             self._drop_loop()
+            self._settled_failure()
             return failed_status("InvalidSpec", str(exc), generation, previous)
         except ForeignState as exc:
             self._drop_loop()
+            self._settled_failure()
             return failed_status("ForeignState", str(exc), generation, previous, phase="Pending")
         except Exception as exc:
             # Fail closed: whatever this step did in memory and could not save is forgotten; the next step re-reads
@@ -378,12 +405,18 @@ class ExperimentController:
         waiting = self.worker is not None and self.worker.waiting_for_slot
         return _with_model_queue_condition(_with_store_condition(status, None, previous), waiting)
 
+    def _settled_failure(self) -> None:
+        """An outcome that is not a failed step (a spec, size or ownership problem): no backoff retries; the
+        resync timer looks again (a Secret or a warm-start source may appear), and a new spec wakes it at once."""
+        self.failures, self.retry_at = 0, 0.0
+
     def _drop_loop(self) -> None:
         """Forget the cached loop and store; the next step rebuilds both from what is stored."""
         if self.worker is not None:
             self.worker.close()
         self.loop, self.worker, self.store = None, None, None
         self.evicted = False
+        self.due_at = None
 
     def _open_store(self, spec: NASExperimentSpec) -> ConfigMapStore | SQLStore:
         """The store the spec names: the experiment's ConfigMap, or a database whose URL is in an opted-in Secret."""
@@ -558,7 +591,9 @@ class ExperimentController:
         Raises when the store cannot be reached (the handler retries a bounded number of times, then gives up with a
         Warning Event: deletion never hangs on a Secret deleted first or a database that is gone).
         """
-        self.close()
+        with self._stepping:  # waits for a step still running (Kopf may call the finalizer while one does)
+            self.deleted = True
+            self._drop_loop()
         if self.telemetry is not None:
             self.telemetry.forget(self.namespace, self.name)
         if self.store is None:

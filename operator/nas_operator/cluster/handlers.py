@@ -298,8 +298,11 @@ async def reconcile(
                 )
             )
             if {k: reported.get(k) for k in new_status} != new_status:
-                await _finish(_in_step_thread(_patch_status, namespace, name, new_status))
-                reported = {**reported, **new_status}
+                try:
+                    await _finish(_in_step_thread(_patch_status, namespace, name, new_status))
+                    reported = {**reported, **new_status}
+                except Exception as exc:  # sent again after the next step; the daemon carries on meanwhile
+                    log.warning("%s/%s: status not written: %s", namespace, name, exc)
             woken = await _wait(wake, controller.wait_seconds())
     finally:
         if OPERATOR.wakers.get(key) is wake:

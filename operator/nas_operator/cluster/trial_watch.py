@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # The server ends each watch after about this long; the next starts from the last resourceVersion seen (no relist).
 WATCH_SECONDS = 300
 RETRY_MAX_SECONDS = 30.0
+# Watches that broke this many times in a row make the cache stop vouching for their scope until a relist.
+UNSYNC_AFTER_FAILURES = 3
 
 
 @dataclass
@@ -185,11 +187,20 @@ class TrialObjects:
             except Exception as exc:  # a dropped connection: resume from the last version seen
                 failures += 1
                 log.warning("watch of %s in %s broke (%s); resuming", kind.name, scope or "all", exc)
+                if failures >= UNSYNC_AFTER_FAILURES:  # not a blip: stop vouching for what may be stale, relist
+                    version = None
+                    self._unsync(kind, scope)
                 self._stop.wait(min(RETRY_MAX_SECONDS, 0.5 * 2.0**failures))
 
     def _unsync(self, kind: _Kind, scope: str) -> None:
+        """Stop vouching for a scope, and wake its experiments: their steps now read the API server, and their
+        timers (backend.next_check) must be computed again for a cache that is down."""
         with self._lock:
+            was_synced = scope in kind.synced
             kind.synced.discard(scope)
+            touched = {_experiment_of(o) for key, o in kind.objects.items() if not scope or key[0] == scope}
+        if was_synced:
+            self._notify(touched)
 
     def _replace(self, kind: _Kind, scope: str, items: list[Any]) -> None:
         """A fresh list: the scope's objects become exactly these; every experiment whose objects differ is woken."""

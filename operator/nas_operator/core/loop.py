@@ -186,6 +186,7 @@ class ExperimentLoop:
         self._generation_error = ""
         self._generation_retry_at = 0.0
         self._starved_at: int | None = None  # results seen when a generation last proposed nothing
+        self._requested_with = 0  # results seen when the request in flight was posted
         self._dirty = False
         self._concluded = False
         self._stopper: TrialStopper | None = None
@@ -259,8 +260,12 @@ class ExperimentLoop:
         """
         deadlines: list[float] = []
         if self.state.stage == "full":
-            timeout = self._full_plan()["timeout"]
+            plan = self._full_plan()
+            timeout = plan["timeout"]
             active = [t for t in self.state.full_trials.values() if t.status in ACTIVE]
+            queued = any(t.status == "queued" for t in self.state.full_trials.values())
+            if queued and not self.spec.suspend and len(active) < int(plan["parallelism"]):
+                return 0.0  # stage 2 just began (or a slot freed): launch now, not at the next event
         elif self.finished:
             return None
         else:
@@ -326,7 +331,7 @@ class ExperimentLoop:
         if output.candidates:
             self._starved_at = None
         elif output.empty_generations:
-            self._starved_at = self._results_seen()
+            self._starved_at = self._requested_with  # the results it was asked with, not those seen since
         if output.snapshot is not None:
             self.engine_snapshot = output.snapshot
             changed = True
@@ -561,6 +566,7 @@ class ExperimentLoop:
         free = self.spec.budget.parallelism - self.state.count(*ACTIVE)
         wanted = min(max(0, free) + self.lookahead - queued, remaining)
         if wanted > 0:
+            self._requested_with = self._results_seen()
             self.worker.request(wanted)
 
     def _stop_decision(self, now: float) -> StopDecision | None:

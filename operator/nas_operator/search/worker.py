@@ -287,8 +287,8 @@ class ThreadedEngineWorker:
                 self._output.empty_generations += local.empty_generations
                 if local.snapshot is not None:
                     self._output.snapshot = local.snapshot
-            if local.candidates or local.errors:
-                self._on_wake()
+            if local.candidates or local.errors or local.empty_generations:
+                self._on_wake()  # the loop acts on each: launches, backs off, or waits for the next result
 
     def _generate_in_slot(self, engine: Engine, op: _Op, output: WorkerOutput) -> None:
         assert self._fit_slot is not None
