@@ -126,9 +126,9 @@ def test_threads_never_exceed_burst_plus_rate() -> None:
 
 
 def test_limits_from_env() -> None:
-    assert limits_from_env({}) == (DEFAULT_QPS, DEFAULT_BURST) == (20.0, 40)
+    assert limits_from_env({}) == (DEFAULT_QPS, DEFAULT_BURST) == (50.0, 100)
     assert limits_from_env({"NAS_API_QPS": "5.5", "NAS_API_BURST": "7"}) == (5.5, 7)
-    assert limits_from_env({"NAS_API_QPS": " ", "NAS_API_BURST": ""}) == (20.0, 40)
+    assert limits_from_env({"NAS_API_QPS": " ", "NAS_API_BURST": ""}) == (50.0, 100)
     limiter = RateLimiter.from_env({"NAS_API_QPS": "0"})
     assert not limiter.enabled
 

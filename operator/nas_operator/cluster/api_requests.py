@@ -41,8 +41,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QPS = 20.0
-DEFAULT_BURST = 40
+DEFAULT_QPS = 50.0
+DEFAULT_BURST = 100
 WINDOW_SECONDS = 60.0
 # A key's timestamps are capped so that a runaway loop cannot grow memory without bound;
 # `per_minute` saturates at this value (200 requests a second from one experiment is already an incident).
@@ -126,7 +126,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> RateLimiter:
-        """The operator's limiter from NAS_API_QPS (default 20, 0 turns limiting off) and NAS_API_BURST (default 40)."""
+        """The operator's limiter from NAS_API_QPS (default 50; 0 turns limiting off) and NAS_API_BURST (100)."""
         qps, burst = limits_from_env(env)
         return cls(qps, burst, clock=clock, sleep=sleep)
 
