@@ -8,6 +8,13 @@ moments is hit for certain:
 
 kills the process right after the first save of new candidates returned, or right after the second trial create
 returned (whichever comes first). Unset (always, outside tests) every call is one dictionary lookup.
+
+Slow points stretch a named moment instead, so that a test can build the contention it checks (a queue for the
+fit pool is seconds long only with many experiments and a slow model; the fairness test needs it every time):
+
+    NAS_FAULT_SLOW="generate=1.5"
+
+makes every candidate generation take 1.5 s longer, inside its fit slot.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import os
 import signal
 import sys
 import threading
+import time
 
 ENV = "NAS_FAULT_INJECT"
+SLOW_ENV = "NAS_FAULT_SLOW"
 
 
 def _armed(text: str) -> dict[str, int]:
@@ -29,6 +38,12 @@ def _armed(text: str) -> dict[str, int]:
 
 
 _ARMED = _armed(os.environ.get(ENV, ""))
+_SLOW = {
+    name: float(seconds)
+    for name, _, seconds in (
+        item.strip().rpartition("=") for item in os.environ.get(SLOW_ENV, "").split(",") if item.strip()
+    )
+}
 _HITS: dict[str, int] = {}
 _LOCK = threading.Lock()
 
@@ -43,3 +58,9 @@ def crash_point(name: str) -> None:
             return
     print(f"nas-operator: fault injection: SIGKILL at {name}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def slow_point(name: str) -> None:
+    """Sleep here for the seconds the environment gave this point (see SLOW_ENV)."""
+    if _SLOW and name in _SLOW:
+        time.sleep(_SLOW[name])

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from nas_operator.core.faults import slow_point
 from nas_operator.search.engine import Candidate, Engine
 from nas_operator.search.fit_pool import AbortEvent, FitSlotAborted
 
@@ -300,6 +301,7 @@ class ThreadedEngineWorker:
                 with self._lock:
                     self._waiting_for_slot = False
                 self._on_wake()
+                slow_point("generate")
                 _run_op(engine, op, output, self._on_generation)
         finally:
             with self._lock:
