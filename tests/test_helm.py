@@ -222,7 +222,7 @@ def test_the_operator_settings_reach_the_operator_as_its_environment(tmp_path: P
     names = ("NAS_FIT_WORKERS", "NAS_RESYNC_SECONDS", "NAS_IDLE_EVICT_SECONDS")
     names += ("NAS_RESTORE_CONCURRENCY", "NAS_API_QPS", "NAS_API_BURST", "NAS_STEP_SECONDS", "NAS_MAX_WORKERS")
     defaults = render(tmp_path)
-    assert [_env(defaults)[name] for name in names] == ["", "60", "600", "2", "20", "40", "2", "8"]
+    assert [_env(defaults)[name] for name in names] == ["", "60", "600", "2", "50", "100", "2", "8"]
     # an empty fitWorkers means the CPU limit, which the pod always gets, in whole CPUs
     cpu = {"resourceFieldRef": {"containerName": "operator", "resource": "limits.cpu", "divisor": "1"}}
     assert _downward(defaults)["NAS_CPU_LIMIT"] == cpu
