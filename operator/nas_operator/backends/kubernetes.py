@@ -462,7 +462,7 @@ class KubernetesBackend:
         job = self.objects.job(self.namespace, name)
         if job is None:
             return UNSEEN_JOB_CHECK_SECONDS  # created a moment ago, or the watch is down: look (GET) again soon
-        if (job.status.ready or 0) > 0 or _ended(job):
+        if (job.status.ready or 0) > 0 or job_ended(job):
             return None
         pods = self.objects.pods(self.namespace, job.metadata.uid) or []
         live = [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase != "Failed"]
@@ -482,7 +482,7 @@ class KubernetesBackend:
         so an ended Job whose cached pods show no terminated container is listed from the API server.
         """
         cached = self.objects.pods(self.namespace, job.metadata.uid) if self.objects is not None else None
-        if cached is not None and (not _ended(job) or _last_terminated(cached) is not None):
+        if cached is not None and (not job_ended(job) or _last_terminated(cached) is not None):
             pods = cached
         else:
             pods = self.core.list_namespaced_pod(
@@ -559,7 +559,8 @@ class KubernetesBackend:
                 raise
 
 
-def _ended(job: Any) -> bool:
+def job_ended(job: Any) -> bool:
+    """Whether a Job reached Complete or Failed (a Suspended or other condition is not an end)."""
     return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
 
 

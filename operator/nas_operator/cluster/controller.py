@@ -50,6 +50,7 @@ from nas_operator.storage.store_sql import SQLStore
 log = logging.getLogger(__name__)
 # After consecutive failed steps: retry at once, then back off 2, 4, ... up to this many seconds.
 FAILED_STEP_BACKOFF_MAX = 60.0
+QUEUED_MESSAGE = "candidates wait for a slot of the operator's model-fit pool (shared fairly across namespaces)"
 TRIAL_OUTCOMES = {
     "TrialSucceeded": "succeeded",
     "TrialFailed": "failed",
@@ -164,16 +165,19 @@ def _stored_status(document: dict[str, Any] | None) -> NASExperimentStatus | Non
         return None
 
 
-def _with_model_queue_condition(status: NASExperimentStatus, waiting: bool) -> NASExperimentStatus:
+def _with_model_queue_condition(
+    status: NASExperimentStatus, waiting: bool, previous: NASExperimentStatus | None
+) -> NASExperimentStatus:
     """`WaitingForModel` while the experiment's next candidates wait for a slot of the operator's fit pool."""
     if not waiting:
         return status
+    reason, message = "FitQueued", QUEUED_MESSAGE
     condition = Condition(
         type="WaitingForModel",
         status="True",
-        reason="FitQueued",
-        message="candidates wait for a slot of the operator's model-fit pool (shared fairly across namespaces)",
-        last_transition_time=timestamp(datetime.now(UTC).timestamp()),
+        reason=reason,
+        message=message,
+        last_transition_time=_since(previous, "WaitingForModel", reason, message),
     )
     return status.model_copy(update={"conditions": [*status.conditions, condition]})
 
@@ -403,7 +407,7 @@ class ExperimentController:
         self.failures = 0
         status = build_status(spec, loop.state, generation, previous)
         waiting = self.worker is not None and self.worker.waiting_for_slot
-        return _with_model_queue_condition(_with_store_condition(status, None, previous), waiting)
+        return _with_model_queue_condition(_with_store_condition(status, None, previous), waiting, previous)
 
     def _settled_failure(self) -> None:
         """An outcome that is not a failed step (a spec, size or ownership problem): no backoff retries; the

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nas_operator.backends.kubernetes import LABEL_CONTROLLER_UID, LABEL_EXPERIMENT
+from nas_operator.backends.kubernetes import LABEL_CONTROLLER_UID, LABEL_EXPERIMENT, job_ended
 
 log = logging.getLogger(__name__)
 # The server ends each watch after about this long; the next starts from the last resourceVersion seen (no relist).
@@ -74,7 +74,6 @@ class TrialObjects:
         self._pods_by_job: dict[tuple[str, str], set[str]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.events = 0  # watch events applied, for tests and the benchmark
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -223,7 +222,6 @@ class TrialObjects:
     def _apply(self, kind: _Kind, kind_of_event: str, obj: Any) -> None:
         key = (obj.metadata.namespace, obj.metadata.name)
         with self._lock:
-            self.events += 1
             if kind_of_event == "DELETED":
                 self._remove(kind, key)
             else:
@@ -282,5 +280,4 @@ def _experiment_of(obj: Any) -> tuple[str, str]:
 def _finished(kind: _Kind, obj: Any) -> bool:
     if kind.name == "pods":
         return obj.status is not None and obj.status.phase in ("Succeeded", "Failed")
-    conditions = (obj.status.conditions or []) if obj.status is not None else []
-    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+    return obj.status is not None and job_ended(obj)

@@ -183,11 +183,6 @@ class ThreadedEngineWorker:
         self._thread.start()
 
     @property
-    def engine(self) -> Engine:
-        """The engine; building it here (in the caller's thread) when no operation has needed it yet."""
-        return self._built()
-
-    @property
     def generating(self) -> int:
         with self._lock:
             return self._requested
