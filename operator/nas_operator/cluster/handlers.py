@@ -47,7 +47,19 @@ log = logging.getLogger(__name__)
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 MAX_WORKERS = int(os.environ.get("NAS_MAX_WORKERS", "8"))
 API_TIMEOUT = float(os.environ.get("NAS_API_TIMEOUT", "30"))
-RESTORE_CONCURRENCY = max(1, int(os.environ.get("NAS_RESTORE_CONCURRENCY", "2")))
+
+
+def _restore_concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"NAS_RESTORE_CONCURRENCY must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"NAS_RESTORE_CONCURRENCY must be a whole number >= 1, got {text!r}")
+    return value
+
+
+RESTORE_CONCURRENCY = _restore_concurrency(os.environ.get("NAS_RESTORE_CONCURRENCY", "2").strip() or "2")
 # A finalizer that cannot reach the state store gives up after this many tries (a Warning Event says so).
 DELETE_RETRIES = int(os.environ.get("NAS_DELETE_RETRIES", "5"))
 # /healthz fails when the event loop has not ticked for this long (a blocked loop stalls every experiment).
