@@ -244,10 +244,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         elector.start_renewing()
         log.info("this replica leads (Lease %s/%s)", lease.namespace, lease.name)
     TELEMETRY.leader.set(1)
-    namespaces = [n for n in os.environ.get("NAS_WATCH_NAMESPACES", "").split(",") if n.strip()]
-    OPERATOR.objects = TrialObjects(
-        _api_client(), [n.strip() for n in namespaces] or None, OPERATOR.wake, request_timeout=API_TIMEOUT
-    )
+    namespaces = [n.strip() for n in os.environ.get("NAS_WATCH_NAMESPACES", "").split(",") if n.strip()]
+    OPERATOR.objects = TrialObjects(_api_client(), namespaces or None, OPERATOR.wake, request_timeout=API_TIMEOUT)
     OPERATOR.objects.start()
 
 
